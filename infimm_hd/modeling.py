@@ -1,0 +1,304 @@
+"""`InfiMMHDForConditionalGeneration`: a frozen ViT, gated cross-attention, and any Hugging Face causal LM.
+
+Shape legend
+    B   prompts (text rows)      T   text tokens        V   vocabulary
+    N   crops in the batch       I   images in the batch (one `<image>` token each)
+    S   vision keys per prompt   Dv  vision width
+
+Vision inputs (built by the processor):
+    pixel_values   (N, 3, 448, 448)  every crop of every image: thumbnail first, then the windows row-major
+    image_grids    (I, 2)            (rows, cols) of each image's window grid
+    image_sample_index (I,) optional prompt index of each image, checked against the `<image>` tokens
+
+The LLM is the caller's own `PreTrainedModel`; its decoder layers at `config.cross_attention_layers` are wrapped
+(explicitly, see `xattn.CrossAttentionDecoderLayer`) and everything else about it is untouched, so with the gates
+at zero the model is the base LLM, logit for logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration import InfiMMHDConfig
+from .cross_attention_context import CrossAttentionContext, CrossAttentionInputs
+from .media_mask import cross_attention_mask, text_time
+from .media_packing import add_window_positions, crops_per_image, pack_media
+from .vision_tower import VisionTower
+from .xattn import CrossAttentionBlockConfig, CrossAttentionDecoderLayer, GatedCrossAttentionBlock
+
+
+@dataclass
+class InfiMMHDCausalLMOutput(ModelOutput):
+    """`CausalLMOutputWithPast` plus the vision context to pass to the next decoding call."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: Any = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attention_context: CrossAttentionContext | None = None
+
+
+def decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder-layer list of a causal LM (`model.layers` for Llama/Mistral/Qwen2/Gemma/Phi3, ...)."""
+    decoder = language_model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"{type(language_model).__name__}: cannot find its decoder layers (expected `get_decoder().layers`, a "
+            "ModuleList); this LLM family is not supported yet"
+        )
+    return layers
+
+
+class InfiMMHDPreTrainedModel(PreTrainedModel):
+    config_class = InfiMMHDConfig
+    config: InfiMMHDConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["CrossAttentionDecoderLayer", "VisionTower"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the fusion blocks are ours to initialise (PyTorch defaults, gates at zero, as in the paper); the LLM
+        # initialises itself and the vision tower keeps timm/open_clip's own initialisation.
+        if isinstance(module, GatedCrossAttentionBlock):
+            for sub in module.modules():
+                if isinstance(sub, (nn.Linear, nn.LayerNorm)):
+                    sub.reset_parameters()
+            nn.init.zeros_(module.attn_gate)
+            nn.init.zeros_(module.ff_gate)
+
+
+class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin):
+    """Vision tower + causal LM with gated cross-attention blocks before every `cross_attention_layers` layer."""
+
+    def __init__(
+        self,
+        config: InfiMMHDConfig,
+        language_model: PreTrainedModel | None = None,
+        vision_tower: VisionTower | None = None,
+    ):
+        super().__init__(config)
+        self.vision_tower = vision_tower if vision_tower is not None else VisionTower(config.vision_config)
+        for module in self.vision_tower.modules():
+            module._is_hf_initialized = True  # keep the tower's own init (see _init_weights)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = language_model
+        block_cfg = CrossAttentionBlockConfig(
+            text_dim=config.text_config.hidden_size,
+            vision_dim=self.vision_tower.width,
+            heads=config.cross_attention_heads,
+            head_dim=config.cross_attention_head_dim,
+            ff_mult=config.cross_attention_ff_mult,
+        )
+        layers = decoder_layers(language_model)
+        for idx in config.cross_attention_layers:
+            layers[idx] = CrossAttentionDecoderLayer(layers[idx], GatedCrossAttentionBlock(block_cfg), idx)
+        self.post_init()
+
+    # -- Hugging Face plumbing -------------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    def cross_attention_blocks(self) -> dict[int, GatedCrossAttentionBlock]:
+        """Layer index -> its gated cross-attention block (the parameters stage 1 trains)."""
+        layers = decoder_layers(self.language_model)
+        return {idx: layers[idx].cross_attn for idx in self.config.cross_attention_layers}
+
+    # -- vision ---------------------------------------------------------------------------------------------------
+    def encode_media(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grids: torch.Tensor,
+        image_sample_index: torch.Tensor | None = None,
+        cache_kv: bool = False,
+    ) -> CrossAttentionContext:
+        """Run the vision tower once and pack the crop tokens into per-prompt keys.
+
+        Every consistency check runs before any compute, so a bad batch fails fast with a message that says what to fix.
+        """
+        image_token_id = self.config.image_token_id
+        images_per_prompt = (input_ids == image_token_id).sum(dim=-1)  # (B,)
+        image_grids = torch.as_tensor(image_grids, dtype=torch.long, device=images_per_prompt.device).reshape(-1, 2)
+        num_images = int(images_per_prompt.sum())
+        if num_images != len(image_grids):
+            raise ValueError(
+                f"the prompts contain {num_images} <image> tokens (id {image_token_id}) but {len(image_grids)} images "
+                "were given; put exactly one <image> token in the text for every image"
+            )
+        if image_sample_index is not None:
+            expected = torch.repeat_interleave(torch.arange(len(images_per_prompt)), images_per_prompt.cpu())
+            if not torch.equal(torch.as_tensor(image_sample_index).cpu().long(), expected):
+                raise ValueError(
+                    f"images per prompt from image_sample_index ({torch.as_tensor(image_sample_index).tolist()}) do "
+                    f"not match the <image> tokens per prompt ({images_per_prompt.tolist()})"
+                )
+        if (image_grids < 1).any():
+            raise ValueError(f"image_grids must be >= 1 in rows and cols, got {image_grids.tolist()}")
+        windows = image_grids[:, 0] * image_grids[:, 1]
+        if (windows > self.config.max_windows).any():
+            worst = int(windows.max())
+            raise ValueError(
+                f"an image has {worst} windows, over the configured maximum of {self.config.max_windows} "
+                "(config.max_windows_train / max_windows_inference); plan tiles with a smaller budget"
+            )
+        num_crops = int(crops_per_image(image_grids).sum())
+        if pixel_values.shape[0] != num_crops:
+            raise ValueError(
+                f"pixel_values holds {pixel_values.shape[0]} crops but the image grids {image_grids.tolist()} need "
+                f"{num_crops} (one thumbnail + rows*cols windows per image)"
+            )
+
+        tokens = self.vision_tower(pixel_values)  # (N, L, Dv)
+        tokens = add_window_positions(tokens, image_grids)
+        media, key_media_index = pack_media(tokens, image_grids, images_per_prompt)
+        return CrossAttentionContext(
+            media=media,
+            key_media_index=key_media_index,
+            media_seen=torch.zeros_like(images_per_prompt),
+            kv_cache={} if cache_kv else None,
+        )
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        pixel_values: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
+        image_sample_index: torch.Tensor | None = None,
+        cross_attention_context: CrossAttentionContext | None = None,
+        **kwargs,
+    ) -> InfiMMHDCausalLMOutput:
+        """Logits (B, T, V) and, given `labels` (B, T) with -100 on ignored tokens, the next-token loss.
+
+        `input_ids` are needed whenever images are involved: the `<image>` tokens say which text attends to which
+        image. Pass either `pixel_values` + `image_grids` (the first call) or the `cross_attention_context` a previous
+        call returned (cached decoding).
+        """
+        context = cross_attention_context
+        if "past_key_values" in kwargs:  # transformers' older name
+            cache = kwargs.pop("past_key_values")
+        if pixel_values is not None:
+            if context is not None:
+                raise ValueError("pass either pixel_values or cross_attention_context, not both")
+            if input_ids is None:
+                raise ValueError("input_ids are required with pixel_values: the <image> tokens place the images")
+            if image_grids is None:
+                raise ValueError("image_grids (rows, cols per image) are required with pixel_values")
+            caching = bool(use_cache if use_cache is not None else self.config.text_config.use_cache)
+            context = self.encode_media(
+                input_ids,
+                pixel_values,
+                image_grids,
+                image_sample_index,
+                cache_kv=caching and not torch.is_grad_enabled(),
+            )
+        elif context is None and input_ids is not None:
+            num_images = int((input_ids == self.config.image_token_id).sum())
+            if num_images:
+                raise ValueError(f"the prompts contain {num_images} <image> tokens but no pixel_values were given")
+
+        xattn = None
+        if context is not None:
+            if input_ids is None:
+                raise ValueError("input_ids are required with images: the <image> tokens place the images")
+            times = text_time(input_ids, self.config.image_token_id, context.media_seen)  # (B, T)
+            mask, row_has_media = cross_attention_mask(
+                times, context.key_media_index_per_row(), self.config.only_attend_immediate_media
+            )
+            xattn = CrossAttentionInputs(context=context, mask=mask, row_has_media=row_has_media)
+
+        out = self.language_model(
+            input_ids=None if inputs_embeds is not None else input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            cross_attention=xattn,
+            **kwargs,
+        )
+        if context is not None:
+            new_media = (input_ids == self.config.image_token_id).sum(dim=-1)
+            context = context.advanced(new_media, num_cached_layers=len(self.config.cross_attention_layers))
+        return InfiMMHDCausalLMOutput(
+            loss=out.loss,
+            logits=out.logits,
+            cache=getattr(out, "cache", None),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attention_context=context,
+        )
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
+        image_sample_index: torch.Tensor | None = None,
+        cross_attention_context: CrossAttentionContext | None = None,
+        **kwargs,
+    ):
+        """`GenerationMixin.generate` with the vision tower run once per prompt, before any expansion.
+
+        The cross-attention k/v of every block are computed at prefill and cached in the context for the decode
+        steps; `num_return_sequences` / beams share the prompt's context row instead of re-encoding the image.
+        """
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("input_ids are required with pixel_values: the <image> tokens place the images")
+            if image_grids is None:
+                raise ValueError("image_grids (rows, cols per image) are required with pixel_values")
+            cross_attention_context = self.encode_media(
+                input_ids, pixel_values, image_grids, image_sample_index, cache_kv=True
+            )
+        return super().generate(input_ids=input_ids, cross_attention_context=cross_attention_context, **kwargs)
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
+    ):
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        context = model_kwargs.get("cross_attention_context")
+        if context is not None and expand_size > 1:
+            model_kwargs["cross_attention_context"] = context.expanded(expand_size)
+        return input_ids, model_kwargs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        if getattr(outputs, "cross_attention_context", None) is not None:
+            model_kwargs["cross_attention_context"] = outputs.cross_attention_context
+        return model_kwargs

