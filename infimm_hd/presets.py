@@ -57,7 +57,8 @@ def from_components(
     )
     if config.window_size != vision_tower.config.image_size:
         raise ValueError(
-            f"window_size {config.window_size} must equal the vision tower's image size {vision_tower.config.image_size}"
+            f"window_size {config.window_size} must equal the vision tower's image size "
+            f"{vision_tower.config.image_size}"
         )
     return InfiMMHDForConditionalGeneration(config, language_model=language_model, vision_tower=vision_tower)
 
