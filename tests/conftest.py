@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny models, images of known window counts, and helpers that make the gates matter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM
+
+import infimm_hd
+
+# Sizes that plan to 1x1, 2x2 and 3x3 windows (+ thumbnail): 2, 5 and 10 crops.
+WINDOWS_TO_SIZE = {1: (448, 448), 4: (896, 896), 9: (1344, 1344), 6: (1344, 896)}
+
+
+def make_image(windows: int, seed: int) -> Image.Image:
+    """A random RGB image whose tiling plan has `windows` windows."""
+    w, h = WINDOWS_TO_SIZE[windows]
+    rng = np.random.default_rng(seed)
+    # Blocky noise, so the resize keeps most of the content.
+    small = rng.integers(0, 256, size=(h // 32, w // 32, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.Resampling.NEAREST)
+
+
+def randomize_gates(model, scale: float = 1.0, seed: int = 0) -> None:
+    """Non-zero gates (and so a model whose output depends on the image)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.cross_attention_blocks().values():
+            block.attn_gate.copy_(scale * torch.randn(block.attn_gate.shape, generator=g))
+            block.ff_gate.copy_(scale * torch.randn(block.ff_gate.shape, generator=g))
+
+
+def bare_llm_copy(model):
+    """The LLM without any cross-attention, rebuilt from the model's own weights through a strict state-dict load."""
+    state = {}
+    for key, value in model.language_model.state_dict().items():
+        if ".cross_attn." in key:
+            continue
+        state[key.replace(".decoder_layer.", ".")] = value
+    bare = AutoModelForCausalLM.from_config(model.config.text_config)
+    bare.load_state_dict(state, strict=True)
+    return bare.eval()
+
+
+@pytest.fixture
+def tiny():
+    model, processor = infimm_hd.build_model("tiny", seed=0)
+    return model, processor
+
+
+@pytest.fixture
+def tiny_with_gates(tiny):
+    model, processor = tiny
+    randomize_gates(model)
+    return model, processor
