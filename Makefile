@@ -26,7 +26,7 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check infimm_hd tests benchmarks stages data_prep
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_decode_crops.py
