@@ -80,7 +80,9 @@ class InfiMMHDConfig(PreTrainedConfig):
 
     Fusion defaults are the paper's: a block before every 4th decoder layer (0-indexed 3, 7, ...), 12 heads x 64,
     FFN multiplier 1, each text token attending only to the latest preceding `<image>`, 448 px windows, at most
-    9 windows in training. `cross_attention_layers=None` is filled from the LLM's depth at construction and then
+    9 windows in training. `cross_attention_implementation="flash_attention_2"` runs the blocks through
+    FlashAttention's varlen kernel (optional `flash-attn` package, CUDA); the default is PyTorch SDPA.
+    `cross_attention_layers=None` is filled from the LLM's depth at construction and then
     stored explicitly.
     """
 
@@ -99,6 +101,7 @@ class InfiMMHDConfig(PreTrainedConfig):
     cross_attention_head_dim: int = 64
     cross_attention_ff_mult: float = 1.0
     only_attend_immediate_media: bool = True
+    cross_attention_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
 
     window_size: int = 448
     max_windows_train: int = 9
@@ -120,6 +123,8 @@ class InfiMMHDConfig(PreTrainedConfig):
             raise ValueError(f"cross_attention_layers {bad} are outside the LLM's {num_layers} decoder layers")
         if len(set(self.cross_attention_layers)) != len(self.cross_attention_layers):
             raise ValueError(f"cross_attention_layers has duplicates: {self.cross_attention_layers}")
+        if self.cross_attention_implementation == "flash_attention_2" and not self.only_attend_immediate_media:
+            raise ValueError("cross_attention_implementation='flash_attention_2' needs only_attend_immediate_media")
         if self.max_windows_train < 1 or self.max_windows_inference < 1:
             raise ValueError("max_windows_train and max_windows_inference must be >= 1")
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))

@@ -15,12 +15,14 @@ attention folds the copies into the query length instead of copying k/v.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
+    from .varlen_attention import VarlenSegments
     from .xattn import MaskedCrossAttention
 
 
@@ -85,10 +87,14 @@ class CrossAttentionInputs:
 
     Attributes:
         context: the vision keys.
-        mask: (B, 1, T, S) bool, True where a token may attend to a key (see `media_mask.cross_attention_mask`).
+        mask: (B, 1, T, S) bool, True where a token may attend to a key (see `media_mask.cross_attention_mask`);
+            None on the varlen (FlashAttention) path, which needs no mask.
         row_has_media: (B, T, 1) bool, False for tokens with no image to look at (their block output is zero).
+        segments, varlen_kernel: the varlen path's index plan and kernel (`varlen_attention`), else None.
     """
 
     context: CrossAttentionContext
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     row_has_media: torch.Tensor
+    segments: VarlenSegments | None = None
+    varlen_kernel: Callable | None = None

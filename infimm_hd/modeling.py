@@ -29,6 +29,7 @@ from .configuration import InfiMMHDConfig
 from .cross_attention_context import CrossAttentionContext, CrossAttentionInputs
 from .media_mask import cross_attention_mask, text_time
 from .media_packing import add_window_positions, crops_per_image, pack_media
+from .varlen_attention import flash_varlen_kernel, varlen_segments
 from .vision_tower import VisionTower
 from .xattn import CrossAttentionBlockConfig, CrossAttentionDecoderLayer, GatedCrossAttentionBlock
 
@@ -229,10 +230,16 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
             if input_ids is None:
                 raise ValueError("input_ids are required with images: the <image> tokens place the images")
             times = text_time(input_ids, self.config.image_token_id, context.media_seen)  # (B, T)
-            mask, row_has_media = cross_attention_mask(
-                times, context.key_media_index_per_row(), self.config.only_attend_immediate_media
-            )
-            xattn = CrossAttentionInputs(context=context, mask=mask, row_has_media=row_has_media)
+            if self.config.cross_attention_implementation == "flash_attention_2":
+                segments = varlen_segments(times, context.key_media_index, context.rows_per_context)
+                xattn = CrossAttentionInputs(
+                    context, None, (times > 0)[..., None], segments=segments, varlen_kernel=flash_varlen_kernel()
+                )
+            else:
+                mask, row_has_media = cross_attention_mask(
+                    times, context.key_media_index_per_row(), self.config.only_attend_immediate_media
+                )
+                xattn = CrossAttentionInputs(context=context, mask=mask, row_has_media=row_has_media)
 
         out = self.language_model(
             input_ids=None if inputs_embeds is not None else input_ids,

@@ -27,6 +27,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .cross_attention_context import CrossAttentionInputs
+from .varlen_attention import segmented_cross_attention
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,17 @@ class MaskedCrossAttention(nn.Module):
         split = "b s (h d) -> b h s d"
         return rearrange(k, split, h=self.heads), rearrange(v, split, h=self.heads)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), k/v (Bc, H, S, Dh), mask (B, 1, T, S) bool -> (B, T, D)."""
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, xattn: CrossAttentionInputs) -> torch.Tensor:
+        """x (B, T, D), k/v (Bc, H, S, Dh) -> (B, T, D), masked by `xattn` (dense mask or varlen segments)."""
         B, T, _ = x.shape
-        Bc = k.shape[0]
-        r = B // Bc  # prompt copies per context row (num_return_sequences / beams); their rows are contiguous
-        q = rearrange(self.to_q(self.norm(x)), "(bc r) t (h d) -> bc h (r t) d", r=r, h=self.heads)
-        mask = rearrange(mask, "(bc r) one t s -> bc one (r t) s", r=r)
-        q = q.to(k.dtype)
+        q = self.to_q(self.norm(x)).to(k.dtype)
+        if xattn.segments is not None:  # FlashAttention varlen: one dense attention per (row, image) segment
+            q = rearrange(q, "b t (h d) -> b h t d", h=self.heads)
+            out = segmented_cross_attention(q, k, v, xattn.segments, xattn.varlen_kernel)
+            return self.to_out(rearrange(out, "b h t d -> b t (h d)").to(x.dtype))
+        r = B // k.shape[0]  # prompt copies per context row (num_return_sequences / beams); rows are contiguous
+        q = rearrange(q, "(bc r) t (h d) -> bc h (r t) d", r=r, h=self.heads)
+        mask = rearrange(xattn.mask, "(bc r) one t s -> bc one (r t) s", r=r)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (Bc, H, r*T, Dh)
         out = rearrange(out, "bc h (r t) d -> (bc r) t (h d)", r=r, t=T).to(x.dtype)
         return self.to_out(out)
@@ -96,7 +100,7 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
         """x (B, T, D) -> (B, T, D). Keys come from the per-call `xattn` inputs, never from state on this module."""
         k, v = xattn.context.key_values(layer_idx, self.attn)
         keep = xattn.row_has_media.to(x.dtype)  # (B, T, 1)
-        x = x + keep * torch.tanh(self.attn_gate) * self.attn(x, k, v, xattn.mask)
+        x = x + keep * torch.tanh(self.attn_gate) * self.attn(x, k, v, xattn)
         x = x + keep * torch.tanh(self.ff_gate) * self.ff(x)
         return x
 

@@ -93,3 +93,31 @@ def test_expanded_context_shares_keys_across_copies():
     mask, row = cross_attention_mask(text_time(ids_r, IMG), ctx.key_media_index_per_row())
     out = block(x_r, CrossAttentionInputs(ctx, mask, row), layer_idx=0)
     assert torch.allclose(out, single.repeat_interleave(r, 0), atol=1e-6)
+
+
+def test_varlen_segments_path_matches_the_masked_sdpa_path(monkeypatch):
+    """The FlashAttention varlen packing, run with an SDPA stand-in for the kernel, equals the dense-mask path."""
+    from conftest import make_image, randomize_gates
+
+    import infimm_hd
+    import infimm_hd.modeling as modeling
+    from infimm_hd.varlen_attention import varlen_attention_reference
+
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    prompts = ["a <image> b <image> c", "<image> only one", "no image at all"]
+    inputs = processor(text=prompts, images=[[make_image(1, 0), make_image(4, 1)], [make_image(9, 2)], []])
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        monkeypatch.setattr(modeling, "flash_varlen_kernel", lambda: varlen_attention_reference)
+        model.config.cross_attention_implementation = "flash_attention_2"
+        packed = model(**inputs).logits
+        gen_packed = model.generate(
+            **inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, num_return_sequences=2, num_beams=2
+        )
+        model.config.cross_attention_implementation = "sdpa"
+        gen_dense = model.generate(
+            **inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, num_return_sequences=2, num_beams=2
+        )
+    assert torch.allclose(dense, packed, atol=1e-5), (dense - packed).abs().max()
+    assert torch.equal(gen_dense, gen_packed)
