@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -97,11 +96,3 @@ def process_images(
         return ProcessedImages(empty, torch.empty(0, 2, dtype=torch.long), [])
     grids = torch.tensor([[p.rows, p.cols] for p in plans], dtype=torch.long)
     return ProcessedImages(torch.stack(crops), grids, plans)
-
-
-def describe_inputs(inputs: Any) -> str:
-    """Short human description of a batch of vision inputs, for error messages and logs."""
-    grids = getattr(inputs, "image_grids", None)
-    if grids is None:
-        return "no images"
-    return ", ".join(f"{r}x{c}" for r, c in grids.tolist())
