@@ -107,34 +107,31 @@ def _processor_for(model: InfiMMHDForConditionalGeneration, tokenizer: PreTraine
     )
 
 
+# Small random ViTs for the CPU presets: (patch, width, depth, heads, mlp ratio) at 448 px windows.
+TINY_TOWER = dict(patch_size=56, width=32, depth=2, num_heads=2, mlp_ratio=2.0)  # 65 tokens per crop
+SMOL_TOWER = dict(patch_size=28, width=192, depth=4, num_heads=3, mlp_ratio=4.0)  # 257 tokens per crop
+
+
+def _assemble(llm, tokenizer, tower: dict, fusion: dict, seed: int):
+    """Random ViT + the given LLM -> (model in eval mode, processor); seeded so a preset is reproducible."""
+    torch.manual_seed(seed + 1)
+    vision = VisionTower(InfiMMHDVisionConfig(backend="timm", image_size=448, **tower))
+    torch.manual_seed(seed + 2)
+    model = from_components(llm, vision, tokenizer, **fusion)
+    return model.eval(), _processor_for(model, tokenizer)
+
+
 def build_model(name: str, seed: int = 0, device: str | torch.device | None = None, **overrides: Any):
     """Build a named preset; returns `(model, processor)` (`processor` is None for `paper-13b`: its tokenizer is
     Vicuna's, which is not shipped offline; pass `tokenizer=` to get one)."""
     if name == "tiny":
         tokenizer = overrides.pop("tokenizer", None) or byte_level_tokenizer()
-        llm = _tiny_llm(len(tokenizer), seed)
-        torch.manual_seed(seed + 1)
-        tower = VisionTower(
-            InfiMMHDVisionConfig(
-                backend="timm", image_size=448, patch_size=56, width=32, depth=2, num_heads=2, mlp_ratio=2.0
-            )
-        )
         fusion = dict(cross_attention_heads=2, cross_attention_head_dim=16) | overrides
-        torch.manual_seed(seed + 2)
-        model = from_components(llm, tower, tokenizer, **fusion)
-        return model.eval(), _processor_for(model, tokenizer)
+        return _assemble(_tiny_llm(len(tokenizer), seed), tokenizer, TINY_TOWER, fusion, seed)
     if name == "smollm2-135m":
         llm, tokenizer = load_smollm2()
-        torch.manual_seed(seed + 1)
-        tower = VisionTower(
-            InfiMMHDVisionConfig(
-                backend="timm", image_size=448, patch_size=28, width=192, depth=4, num_heads=3, mlp_ratio=4.0
-            )
-        )
         fusion = dict(cross_attention_heads=6, cross_attention_head_dim=64) | overrides
-        torch.manual_seed(seed + 2)
-        model = from_components(llm, tower, tokenizer, **fusion)
-        return model.eval(), _processor_for(model, tokenizer)
+        return _assemble(llm, tokenizer, SMOL_TOWER, fusion, seed)
     if name == "paper-13b":
         return _build_paper(device=device, **overrides)
     raise ValueError(f"unknown preset {name!r}; choose one of: tiny, smollm2-135m, paper-13b")
