@@ -306,6 +306,11 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         model_kwargs = super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
         )
-        if getattr(outputs, "cross_attention_context", None) is not None:
+        # With a text KV cache the next call sees only new tokens, so it continues from the advanced context; without
+        # one, generate re-feeds the whole sequence and the media count must restart from the prompt's context.
+        if (
+            getattr(outputs, "cross_attention_context", None) is not None
+            and getattr(outputs, "cache", None) is not None
+        ):
             model_kwargs["cross_attention_context"] = outputs.cross_attention_context
         return model_kwargs

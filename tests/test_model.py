@@ -224,3 +224,21 @@ def test_randomized_gates_make_the_image_matter(tiny):
         a = model(**processor(text=[PROMPT], images=[[make_image(1, 0)]])).logits
         b = model(**processor(text=[PROMPT], images=[[make_image(1, 1)]])).logits
     assert not torch.allclose(a, b)
+
+
+@torch.no_grad()
+def test_generate_without_text_cache_equals_cached(tiny_with_gates):
+    model, processor = tiny_with_gates
+    inputs = processor(text=[PROMPT], images=[[make_image(4, 13)]])
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(**inputs, **kw), model.generate(**inputs, use_cache=False, **kw))
+
+
+@torch.no_grad()
+def test_bfloat16_model_generates_like_fp32_on_tiny(tiny_with_gates):
+    model, processor = tiny_with_gates
+    inputs = processor(text=[PROMPT], images=[[make_image(1, 14)]])
+    fp32 = model(**inputs).logits
+    bf16 = model.to(torch.bfloat16)(**inputs).logits.float()
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max(), "bf16 logits drift too far from fp32"
