@@ -20,6 +20,7 @@ import argparse
 
 import torch
 from common import (
+    BackgroundLoad,
     Scale,
     add_common_args,
     build_infimm,
@@ -121,8 +122,9 @@ def main() -> None:
     runs = {"10 crops": lambda: run_crops(10), "2 crops": lambda: run_crops(2), "1 crop": run_one_crop}
     keys = {"10 crops": 10 * per_crop, "2 crops": 2 * per_crop, "1 crop": per_crop}
     print(f"prompt {prompt_len} tokens, {new_tokens} new tokens per run, {reps} interleaved reps after 1 warm-up")
-    with torch.inference_mode():
+    with torch.inference_mode(), BackgroundLoad() as load:
         times = interleaved(runs, reps=reps, warmup=1)
+    print(load.line())
 
     mid_context = prompt_len + new_tokens // 2
     elt = torch.finfo(dtype).bits // 8

@@ -243,6 +243,42 @@ def num_params(module: torch.nn.Module) -> int:
 
 
 # -- timing --------------------------------------------------------------------------------------------------------
+def _machine_busy_seconds() -> float | None:
+    """CPU-seconds all processes have spent busy since boot (from /proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class BackgroundLoad:
+    """Measures how much CPU *other* processes used while the block ran.
+
+    Why: on a 2-core machine a single busy neighbour preempts one of the two OpenMP threads, and every parallel
+    region then waits a scheduler time slice; one-token matmuls go from ~0.2 ms to several ms. Interleaving keeps
+    the ratios roughly fair, but the absolute figures are meaningless then, so every benchmark reports this.
+    """
+
+    def __enter__(self) -> BackgroundLoad:
+        self.busy0, self.own0, self.wall0 = _machine_busy_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy1 = _machine_busy_seconds()
+        self.wall = time.perf_counter() - self.wall0
+        own = time.process_time() - self.own0
+        self.other_cores = None if busy1 is None or self.busy0 is None else max(0.0, busy1 - self.busy0 - own) / self.wall
+
+    def line(self) -> str:
+        if self.other_cores is None:
+            return "background load: unknown (no /proc/stat)"
+        note = "" if self.other_cores < 0.1 else "  WARNING: the machine was shared; absolute times are unreliable"
+        return f"background load: other processes used {self.other_cores:.2f} cores on average during timing{note}"
+
+
 class StepClock(LogitsProcessor):
     """A no-op logits processor that timestamps every generation step.
 
