@@ -13,7 +13,7 @@ factor and keeps the ratios that decide the cost split:
 * vision width 1792 / 5 ~ 358, rounded to 384; 1025 tokens per crop (patch 14 at 448) unless a benchmark says so;
 * vocabulary 2560, chosen so the LM head is the same share of the decoder's matmul work as in Vicuna-13B (1.3 %).
 
-Only this file imports the package's model builders; each benchmark adds its own baseline model.
+The package's model is assembled here (`build_infimm`, through its public API); each benchmark adds its baseline.
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessor, LogitsProcessorList
+
+# Let `python benchmarks/<script>.py` run from a plain checkout too (with the package installed this is a no-op).
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.append(_REPO_ROOT)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -50,7 +57,7 @@ def proportional_vocab(hidden: int, layers: int, intermediate: int, multiple: in
     """Vocabulary that gives the LM head the same share of per-token matmul work as Vicuna-13B's (~1.3 %).
 
     Why: with a tiny byte vocabulary the LM head would vanish, with Vicuna's 32000 at hidden 1024 it would cost as
-    much as three decoder layers; either would skew the ratios the benchmarks report.
+    much as 2.6 decoder layers; either would skew the ratios the benchmarks report.
     """
     p = PAPER
     share = p["vocab"] / (p["layers"] * (4 * p["hidden"] + 3 * p["intermediate"]))
@@ -102,21 +109,43 @@ class Scale:
         )
 
 
+PATCH_FOR_TOKENS = {1025: 14, 257: 28, 65: 56}  # tokens per 448 crop (class token included) -> patch size
+
+
+def paper_scale(tokens_per_crop: int = 1025) -> Scale:
+    """The paper's own shapes as a `Scale`, for printing analytic ratios at full size beside the measured ones."""
+    p = PAPER
+    return Scale(
+        hidden=p["hidden"],
+        layers=p["layers"],
+        intermediate=p["intermediate"],
+        heads=p["heads"],
+        vocab=p["vocab"],
+        xattn_heads=p["xattn_heads"],
+        xattn_head_dim=p["xattn_head_dim"],
+        xattn_every=p["xattn_every"],
+        vision_width=p["vision_width"],
+        patch_size=PATCH_FOR_TOKENS[tokens_per_crop],
+    )
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Flags every benchmark shares: dtype, threads, model width/depth, repetitions."""
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions (< 1 minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer tokens and repetitions, same model (< 1 minute); a smoke run"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of both sides (default bf16)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--hidden", type=int, default=None, help="LLM hidden size (default 1024; --quick 512)")
-    parser.add_argument("--layers", type=int, default=None, help="LLM decoder layers (default 16; --quick 8)")
+    parser.add_argument("--hidden", type=int, default=None, help="LLM hidden size (default 1024); widths follow")
+    parser.add_argument("--layers", type=int, default=None, help="LLM decoder layers (default 16)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per variant (after warm-up)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def scale_from_args(args: argparse.Namespace, **overrides) -> Scale:
     """`Scale` from the command line: --hidden/--layers rescale every derived width by the paper's ratios."""
-    hidden = args.hidden or (512 if args.quick else 1024)
-    layers = args.layers or (8 if args.quick else 16)
+    hidden = args.hidden or 1024
+    layers = args.layers or 16
     intermediate = max(64, int(round(hidden * PAPER["intermediate"] / PAPER["hidden"] / 64)) * 64)
     heads = max(1, hidden // 128)
     inner = hidden * PAPER["xattn_heads"] * PAPER["xattn_head_dim"] / PAPER["hidden"]
@@ -270,7 +299,9 @@ class BackgroundLoad:
         busy1 = _machine_busy_seconds()
         self.wall = time.perf_counter() - self.wall0
         own = time.process_time() - self.own0
-        self.other_cores = None if busy1 is None or self.busy0 is None else max(0.0, busy1 - self.busy0 - own) / self.wall
+        self.other_cores = (
+            None if busy1 is None or self.busy0 is None else max(0.0, busy1 - self.busy0 - own) / self.wall
+        )
 
     def line(self) -> str:
         if self.other_cores is None:
@@ -357,10 +388,7 @@ def llm_layer_flops(scale: Scale, new: int, past: int = 0, causal: bool = True) 
     """
     d, f = scale.hidden, scale.intermediate
     proj = 2 * new * (4 * d * d + 3 * d * f)
-    if causal:
-        scores = new * past + new * (new + 1) / 2
-    else:
-        scores = new * (past + new)
+    scores = new * past + new * (new + 1) / 2 if causal else new * (past + new)
     return proj + 2 * 2 * scores * d
 
 
@@ -375,3 +403,23 @@ def xattn_block_flops(scale: Scale, text: int, keys: int, with_kv_projection: bo
 
 def lm_head_flops(scale: Scale, tokens: int) -> float:
     return 2 * tokens * scale.hidden * scale.vocab
+
+
+def infimm_decode_flops(scale: Scale, context: int, keys: int) -> float:
+    """Matmul FLOPs of one InfiMM-HD decode step: every layer on 1 new token over `context` cached ones, every block
+    on 1 query over `keys` cached k/v (to_kv is not rerun), the LM head."""
+    layers = scale.layers * llm_layer_flops(scale, new=1, past=context)
+    blocks = scale.num_xattn * xattn_block_flops(scale, text=1, keys=keys, with_kv_projection=False)
+    return layers + blocks + lm_head_flops(scale, 1)
+
+
+def infimm_decode_bytes(scale: Scale, context: int, keys: int, elt: int) -> float:
+    """Bytes one InfiMM-HD decode step must read: the weights it uses, the text KV cache, the cached block k/v.
+
+    On CPU a one-token step is bound by memory traffic rather than arithmetic, so this is the better predictor.
+    """
+    d, f, inner = scale.hidden, scale.intermediate, scale.xattn_inner
+    weights = scale.layers * (4 * d * d + 3 * d * f) + d * scale.vocab
+    weights += scale.num_xattn * (2 * d * inner + 2 * d * d)
+    caches = scale.layers * 2 * context * d + scale.num_xattn * 2 * keys * inner
+    return (weights + caches) * elt

@@ -88,13 +88,14 @@ class CrossAttentionInputs:
     Attributes:
         context: the vision keys.
         mask: (B, 1, T, S) bool, True where a token may attend to a key (see `media_mask.cross_attention_mask`);
-            None on the varlen (FlashAttention) path, which needs no mask.
-        row_has_media: (B, T, 1) bool, False for tokens with no image to look at (their block output is zero).
+            None when every token may attend to every key, and on the varlen (FlashAttention) path.
+        row_has_media: (B, T, 1) bool, False for tokens with no image to look at (their block output is zero);
+            None when every token has one.
         segments, varlen_kernel: the varlen path's index plan and kernel (`varlen_attention`), else None.
     """
 
     context: CrossAttentionContext
     mask: torch.Tensor | None
-    row_has_media: torch.Tensor
+    row_has_media: torch.Tensor | None
     segments: VarlenSegments | None = None
     varlen_kernel: Callable | None = None

@@ -239,7 +239,13 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
                 mask, row_has_media = cross_attention_mask(
                     times, context.key_media_index_per_row(), self.config.only_attend_immediate_media
                 )
-                xattn = CrossAttentionInputs(context=context, mask=mask, row_has_media=row_has_media)
+                # The common decode case (one image, every row past it) needs neither: skip the masked kernel
+                # and the per-block row multiplies (same values, fewer small ops per decoded token).
+                xattn = CrossAttentionInputs(
+                    context=context,
+                    mask=None if bool(mask.all()) else mask,
+                    row_has_media=None if bool(row_has_media.all()) else row_has_media,
+                )
 
         out = self.language_model(
             input_ids=None if inputs_embeds is not None else input_ids,
