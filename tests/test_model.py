@@ -242,3 +242,33 @@ def test_bfloat16_model_generates_like_fp32_on_tiny(tiny_with_gates):
     bf16 = model.to(torch.bfloat16)(**inputs).logits.float()
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     assert (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max(), "bf16 logits drift too far from fp32"
+
+
+@torch.no_grad()
+def test_key_count_matches_the_tiling_plan(tiny):
+    """The keys the model packs for an image are exactly what its tiling plan reports."""
+    model, processor = tiny
+    image = make_image(6, 15)
+    inputs = processor(text=[PROMPT], images=[[image]])
+    from infimm_hd.hires import plan_tiles
+
+    plan = plan_tiles(image.width, image.height, max_windows=processor.max_windows)
+    context = model.encode_media(inputs["input_ids"], inputs["pixel_values"], inputs["image_grids"])
+    assert context.media.shape[1] == plan.cross_attention_keys(model.config.vision_config.tokens_per_crop)
+    assert int((context.key_media_index == 1).sum()) == plan.cross_attention_keys(65)
+
+
+def test_image_sample_index_must_match_the_image_tokens(tiny):
+    model, processor = tiny
+    inputs = processor(text=[PROMPT, "text only"], images=[[make_image(1, 0)], []])
+    with pytest.raises(ValueError, match="image_sample_index"):
+        model(**{**inputs, "image_sample_index": torch.tensor([1])})
+
+
+def test_demo_runs_on_the_tiny_preset(capsys):
+    from infimm_hd.demo import main
+
+    main(["--preset", "tiny", "--max-new-tokens", "3"])
+    out = capsys.readouterr().out
+    assert "2x3 windows + thumbnail = 7 crops" in out
+    assert "zero-gate check: max |logits(model) - logits(bare LLM)| = 0.00e+00" in out
