@@ -4,10 +4,13 @@
 >>> model, processor = infimm_hd.build_model("tiny")
 """
 
+from .auto_registration import register_auto_classes
 from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig
 from .modeling import InfiMMHDForConditionalGeneration
 from .presets import build_model, from_components
 from .processing import InfiMMHDProcessor
+
+register_auto_classes()
 
 __all__ = [
     "InfiMMHDConfig",

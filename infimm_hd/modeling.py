@@ -67,6 +67,21 @@ class InfiMMHDPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _no_split_modules = ["CrossAttentionDecoderLayer", "VisionTower"]
 
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but strict: a missing, unexpected or mis-shaped key is an error that
+        names it (peers warn and silently initialise; a half-loaded VLM is worse than none). `strict=False` restores
+        transformers' lenient behaviour."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(map(str, v)) for k, v in info.items() if k != "error_msgs" and v}
+        if info.get("error_msgs"):
+            problems["error_msgs"] = list(info["error_msgs"])
+        if strict and problems:
+            details = "; ".join(f"{k}: {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}" for k, v in problems.items())
+            raise ValueError(f"checkpoint does not match the model ({details}); pass strict=False to load anyway")
+        return (model, info) if want_info else model
+
     def _init_weights(self, module: nn.Module) -> None:
         # Only the fusion blocks are ours to initialise (PyTorch defaults, gates at zero, as in the paper); the LLM
         # initialises itself and the vision tower keeps timm/open_clip's own initialisation.

@@ -1,0 +1,68 @@
+"""Hugging Face loading without remote code: Auto classes, safetensors only, strict keys."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import make_image, randomize_gates
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+import infimm_hd  # noqa: F401  (registers the Auto classes)
+from infimm_hd import InfiMMHDConfig, InfiMMHDForConditionalGeneration
+
+
+def saved_tiny(tmp_path):
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    model.save_pretrained(tmp_path)
+    return model, processor
+
+
+def test_auto_classes_load_a_saved_folder_with_identical_logits(tmp_path):
+    model, processor = saved_tiny(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert any(f.endswith(".safetensors") for f in files)
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files), files
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), InfiMMHDConfig)
+    inputs = processor(text=["Q: <image> what? A:"], images=[[make_image(4, 0)]])
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
+            loaded = auto.from_pretrained(tmp_path)
+            assert type(loaded) is InfiMMHDForConditionalGeneration
+            assert torch.equal(loaded.eval()(**inputs).logits, ref)
+
+
+def test_loading_is_strict_and_names_the_keys(tmp_path):
+    saved_tiny(tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = load_file(path)
+    gate = next(k for k in state if k.endswith("cross_attn.attn_gate"))
+    state.pop(gate)
+    state["extra.unknown_weight"] = torch.zeros(1)
+    save_file(state, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys: " + gate.replace(".", r"\.")) as err:
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert "extra.unknown_weight" in str(err.value)
+    model = InfiMMHDForConditionalGeneration.from_pretrained(tmp_path, strict=False)
+    assert isinstance(model, InfiMMHDForConditionalGeneration)
+
+
+def test_dtype_argument_is_honoured(tmp_path):
+    saved_tiny(tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.real_llm
+def test_smollm2_save_and_auto_load_identical_logits(tmp_path):
+    model, processor = infimm_hd.build_model("smollm2-135m")
+    randomize_gates(model, scale=0.1)
+    model.save_pretrained(tmp_path)
+    inputs = processor(text=["<image>What is this?"], images=[[make_image(1, 3)]])
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
