@@ -36,10 +36,25 @@ class InfiMMHDVisionConfig(PreTrainedConfig):
     """The vision tower: which library builds it and which tokens it hands to cross-attention.
 
     `model_name` names an open_clip model (e.g. `"EVA02-E-14"`, the paper's EVA02-CLIP-E) or a timm model
-    (e.g. `"eva02_large_patch14_clip_224"`); when it is `None` the explicit architecture fields (`width`, `depth`,
-    `num_heads`, `mlp_ratio`) build a plain ViT, which is how tests and the embedded default run without downloads.
-    `feature_layer` indexes the transformer blocks (-1 = last block, -2 = penultimate); tokens are taken *before*
-    the tower's final norm, as the official code does. `keep_cls` keeps the class token among the keys.
+    (e.g. `"eva02_large_patch14_clip_224"`); when it is `None` the explicit architecture fields build the tower, which
+    is how tests and the embedded default run without downloads, and how a converted official checkpoint describes
+    its tower without depending on a registry name:
+
+    * `architecture="vit"`: a plain ViT (timm `VisionTransformer`, or open_clip's own with `backend="open_clip"`);
+      `qkv_bias` gives it one fused q/k/v bias.
+    * `architecture="eva"` (timm only): timm's `Eva`, the layout of the EVA-CLIP towers. Its fused `qkv` has no bias
+      tensor of its own; `qkv_bias=True` adds the separate `q_bias` and `v_bias` (the key bias is fixed at zero),
+      exactly as in the official InfiMM-HD checkpoint. Learned absolute position embedding with a class token, GELU
+      MLP (`fc1`/`fc2`), no rotary embedding.
+
+    `block_norm` is where each transformer block normalises: `"pre"` (`x + attn(norm1(x))`, the usual ViT) or
+    `"post"` (`x + norm1(attn(x))`, EVA-CLIP-E's "postnorm" blocks; the timm `ResPostBlock` for `"vit"`).
+
+    `feature_layer` indexes the transformer blocks (-1 = last block, -2 = penultimate). `post_norm` is unrelated to
+    `block_norm`: it says whether the tower's *final* norm (timm `norm`, open_clip `ln_post`) is applied to the
+    returned tokens. The official code takes them before that norm (`post_norm=False`), so the final norm is pruned.
+    `keep_cls` keeps the class token among the keys. The architecture fields other than `image_size`, `patch_size`
+    and `width` are ignored when `model_name` is set.
     """
 
     model_type = "infimm_hd_vision"
@@ -47,6 +62,9 @@ class InfiMMHDVisionConfig(PreTrainedConfig):
 
     backend: Literal["timm", "open_clip"] = "timm"
     model_name: str | None = None
+    architecture: Literal["vit", "eva"] = "vit"
+    block_norm: Literal["pre", "post"] = "pre"
+    qkv_bias: bool = True
     image_size: int = 448
     patch_size: int = 14
     width: int = 1792
@@ -68,10 +86,23 @@ class InfiMMHDVisionConfig(PreTrainedConfig):
         return self.grid_size**2 + int(self.keep_cls)
 
     def validate_architecture(self) -> None:
+        """Reject explicit architectures that cannot be built, before any module is allocated."""
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.model_name is None and self.width % self.num_heads:
+        if self.model_name is not None:
+            return
+        if self.architecture not in ("vit", "eva") or self.block_norm not in ("pre", "post"):
+            raise ValueError(
+                f"unknown vision architecture={self.architecture!r} / block_norm={self.block_norm!r}; expected "
+                "architecture 'vit' or 'eva' and block_norm 'pre' or 'post'"
+            )
+        if self.width % self.num_heads:
             raise ValueError(f"vision width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.backend == "open_clip" and (self.architecture, self.block_norm, self.qkv_bias) != ("vit", "pre", True):
+            raise ValueError(
+                "the explicit open_clip tower is a pre-norm ViT with q/k/v biases; use backend='timm' for "
+                f"architecture={self.architecture!r}, block_norm={self.block_norm!r}, qkv_bias={self.qkv_bias}"
+            )
 
 
 @strict

@@ -9,12 +9,19 @@ such towers behind one interface:
 * open_clip models: EVA02 towers in open_clip are timm trunks (`visual.trunk`), which are unwrapped and handled as
   timm models; OpenAI-style towers are open_clip's own `VisionTransformer`.
 
+Without a model name, the config's explicit fields build a timm ViT or a timm `Eva` (EVA-CLIP layout, pre- or
+post-norm blocks); the latter is how converted official InfiMM-HD checkpoints describe their EVA-CLIP-E tower.
+
 Nothing is downloaded: named models are built with random weights (`pretrained=False` / `pretrained=None`), and
 pretrained weights come in either through `load_state_dict` or by passing an already-loaded module as `model=`.
 
 Blocks after `feature_layer`, the final norm (unless `post_norm`) and the pooling/projection head are pruned at
 construction: they would never run, so keeping them would only cost memory and leave parameters without gradients
 (which distributed data parallel rejects). Load full pretrained checkpoints before wrapping (via `model=`).
+
+Non-persistent buffers (EVA's zero key bias, rotary tables) are in no state dict, and meta-device loaders such as
+transformers' `from_pretrained` refill them with uninitialised memory; `forward` recomputes any buffer that was
+replaced since the tower last initialised it (`init_non_persistent_buffers`).
 """
 
 from __future__ import annotations
@@ -41,12 +48,38 @@ def _as_int(size: int | tuple[int, ...] | list[int]) -> int:
 
 
 def _build_timm(config: InfiMMHDVisionConfig) -> nn.Module:
-    """A timm tower at `config.image_size`: a named model, or a plain ViT from the explicit architecture fields."""
+    """A timm tower at `config.image_size`: a named model, or the explicit `architecture` (ViT or EVA) from the fields.
+
+    The explicit EVA is timm's `Eva` in the EVA-CLIP layout (see `InfiMMHDVisionConfig`): fused `qkv` weight with
+    separate `q_bias`/`v_bias` (zero key bias), absolute position embedding with a class token, GELU `fc1`/`fc2` MLP,
+    no rotary embedding, no layer scale, and `EvaBlockPostNorm` blocks when `block_norm="post"`. Its parameter names
+    are the official EVA-CLIP ones, so an official state dict loads onto it by prefix alone.
+    """
     import timm
-    from timm.models.vision_transformer import VisionTransformer
+    from timm.layers import LayerNorm
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
     if config.model_name is not None:
         return timm.create_model(config.model_name, pretrained=False, img_size=config.image_size, num_classes=0)
+    if config.architecture == "eva":
+        return Eva(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.width,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            qkv_fused=True,
+            use_abs_pos_emb=True,
+            use_rot_pos_emb=False,
+            use_post_norm=config.block_norm == "post",
+            class_token=True,
+            num_classes=0,
+            global_pool="token",
+            norm_layer=partial(LayerNorm, eps=config.layer_norm_eps),
+        )
     return VisionTransformer(
         img_size=config.image_size,
         patch_size=config.patch_size,
@@ -54,10 +87,12 @@ def _build_timm(config: InfiMMHDVisionConfig) -> nn.Module:
         depth=config.depth,
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
+        qkv_bias=config.qkv_bias,
         num_classes=0,
         global_pool="token",
         class_token=True,
         norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
+        block_fn=ResPostBlock if config.block_norm == "post" else Block,
     )
 
 
@@ -161,6 +196,7 @@ class VisionTower(nn.Module):
 
         if self._current_image_size() != config.image_size:
             self.set_image_size(config.image_size)
+        self.init_non_persistent_buffers()
         self.freeze(True)
 
     @property
@@ -208,6 +244,43 @@ class VisionTower(nn.Module):
             model.grid_size = (grid, grid)
         self.config.image_size = image_size
 
+    def _buffer_owners(self) -> list[tuple[nn.Module, str]]:
+        """(module, name) of every non-persistent buffer whose module can recompute it (`init_non_persistent_buffers`).
+
+        These are derived values (EVA's zero key bias, rotary tables), absent from every state dict.
+        """
+        owners = []
+        for module in self.model.modules():
+            if callable(getattr(module, "init_non_persistent_buffers", None)):
+                owners += [(module, name) for name in module._non_persistent_buffers_set if name in module._buffers]
+        return owners
+
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the wrapped model's non-persistent buffers in place and mark them as valid.
+
+        Loaders that build on the meta device (transformers' `from_pretrained`, `load_state_dict(assign=True)`)
+        re-create such buffers with `torch.empty_like`, i.e. garbage: for EVA towers that would be a random key bias.
+        `forward` calls this again whenever it finds an unmarked buffer (a fresh one from a loader, a device move or
+        a dtype cast), so the tower is right however it was built or loaded.
+        """
+        with torch.no_grad():
+            for module in self.model.modules():
+                init = getattr(module, "init_non_persistent_buffers", None)
+                if callable(init):
+                    init()
+        for module, name in self._buffer_owners():
+            buffer = module._buffers[name]
+            if buffer is not None:
+                buffer._infimm_hd_valid = True
+
+    def _ensure_buffers(self) -> None:
+        """Re-initialise the non-persistent buffers if any was replaced since the last initialisation."""
+        for module, name in self._buffer_owners():
+            buffer = module._buffers[name]
+            if buffer is not None and not getattr(buffer, "_infimm_hd_valid", False):
+                self.init_non_persistent_buffers()
+                return
+
     def freeze(self, frozen: bool = True) -> None:
         """Set `requires_grad = not frozen` on every parameter (idempotent); stages 1 and 4 keep the tower frozen."""
         for param in self.parameters():
@@ -227,6 +300,7 @@ class VisionTower(nn.Module):
                 f"pixel_values are {height}x{width} but the vision tower expects {self.image_size}x{self.image_size}; "
                 "resample with VisionTower.set_image_size"
             )
+        self._ensure_buffers()
         dtype = next(self.model.parameters()).dtype
         pixel_values = pixel_values.to(dtype)  # (N, 3, S, S)
         keep_cls = self.config.keep_cls
