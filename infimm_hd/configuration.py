@@ -111,7 +111,10 @@ class InfiMMHDConfig(PreTrainedConfig):
 
     Fusion defaults are the paper's: a block before every 4th decoder layer (0-indexed 3, 7, ...), 12 heads x 64,
     FFN multiplier 1, each text token attending only to the latest preceding `<image>`, 448 px windows, at most
-    9 windows in training. `cross_attention_implementation="flash_attention_2"` runs the blocks through
+    9 windows in training. Text before a sample's first `<image>` gets nothing from the blocks (so it is unaffected
+    by an image that follows it); `ffn_before_first_image=True` reproduces the official code instead, whose per-sample
+    flag runs the gated FFN on every token of a sample that has an image (set for converted official checkpoints).
+    `cross_attention_implementation="flash_attention_2"` runs the blocks through
     FlashAttention's varlen kernel (optional `flash-attn` package, CUDA); the default is PyTorch SDPA.
     `cross_attention_layers=None` is filled from the LLM's depth at construction and then
     stored explicitly.
@@ -132,6 +135,7 @@ class InfiMMHDConfig(PreTrainedConfig):
     cross_attention_head_dim: int = 64
     cross_attention_ff_mult: float = 1.0
     only_attend_immediate_media: bool = True
+    ffn_before_first_image: bool = False
     cross_attention_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
 
     window_size: int = 448

@@ -319,6 +319,7 @@ def _assemble_config(
         cross_attention_head_dim=CROSS_ATTENTION_HEAD_DIM,
         cross_attention_ff_mult=ff_mult,
         only_attend_immediate_media=True,
+        ffn_before_first_image=True,  # the official per-sample flag: see InfiMMHDConfig
         window_size=vision.image_size,
         image_token_id=image_token_id,
         end_of_chunk_token_id=eoc_token_id,

@@ -91,11 +91,14 @@ class CrossAttentionInputs:
             None when every token may attend to every key, and on the varlen (FlashAttention) path.
         row_has_media: (B, T, 1) bool, False for tokens with no image to look at (their block output is zero);
             None when every token has one.
+        ffn_rows: (B, T, 1) or (B, 1, 1) bool, the tokens the gated FFN applies to; None when all. Equal to
+            `row_has_media` unless `config.ffn_before_first_image` (official per-sample behaviour).
         segments, varlen_kernel: the varlen path's index plan and kernel (`varlen_attention`), else None.
     """
 
     context: CrossAttentionContext
     mask: torch.Tensor | None
     row_has_media: torch.Tensor | None
+    ffn_rows: torch.Tensor | None = None
     segments: VarlenSegments | None = None
     varlen_kernel: Callable | None = None

@@ -259,23 +259,7 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         if context is not None:
             if input_ids is None:
                 raise ValueError("input_ids are required with images: the <image> tokens place the images")
-            times = text_time(input_ids, self.config.image_token_id, context.media_seen)  # (B, T)
-            if self.config.cross_attention_implementation == "flash_attention_2":
-                segments = varlen_segments(times, context.key_media_index, context.rows_per_context)
-                xattn = CrossAttentionInputs(
-                    context, None, (times > 0)[..., None], segments=segments, varlen_kernel=flash_varlen_kernel()
-                )
-            else:
-                mask, row_has_media = cross_attention_mask(
-                    times, context.key_media_index_per_row(), self.config.only_attend_immediate_media
-                )
-                # The common decode case (one image, every row past it) needs neither: skip the masked kernel
-                # and the per-block row multiplies (same values, fewer small ops per decoded token).
-                xattn = CrossAttentionInputs(
-                    context=context,
-                    mask=None if bool(mask.all()) else mask,
-                    row_has_media=None if bool(row_has_media.all()) else row_has_media,
-                )
+            xattn = self._cross_attention_inputs(context, input_ids)
 
         out = self.language_model(
             input_ids=None if inputs_embeds is not None else input_ids,
@@ -299,6 +283,31 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
             hidden_states=out.hidden_states,
             attentions=out.attentions,
             cross_attention_context=context,
+        )
+
+    def _cross_attention_inputs(self, context: CrossAttentionContext, input_ids: torch.Tensor) -> CrossAttentionInputs:
+        """Masks for one call, built once and shared by every block."""
+        times = text_time(input_ids, self.config.image_token_id, context.media_seen)  # (B, T)
+        if self.config.cross_attention_implementation == "flash_attention_2":
+            segments = varlen_segments(times, context.key_media_index, context.rows_per_context)
+            mask, row_has_media = None, (times > 0)[..., None]
+        else:
+            segments = None
+            mask, row_has_media = cross_attention_mask(
+                times, context.key_media_index_per_row(), self.config.only_attend_immediate_media
+            )
+        ffn_rows = row_has_media
+        if self.config.ffn_before_first_image:  # official per-sample flag: every token of a sample with an image
+            ffn_rows = (context.key_media_index_per_row() > 0).any(dim=-1)[:, None, None]  # (B, 1, 1)
+        # The common decode case (one image, every row past it) needs no mask and no row multiplies: skip the
+        # masked kernel and the per-block multiplies (same values, fewer small ops per decoded token).
+        return CrossAttentionInputs(
+            context=context,
+            mask=None if mask is None or bool(mask.all()) else mask,
+            row_has_media=None if bool(row_has_media.all()) else row_has_media,
+            ffn_rows=None if bool(ffn_rows.all()) else ffn_rows,
+            segments=segments,
+            varlen_kernel=flash_varlen_kernel() if segments is not None else None,
         )
 
     # -- generation -----------------------------------------------------------------------------------------------

@@ -105,8 +105,8 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
             attn_out = attn_out * xattn.row_has_media.to(x.dtype)  # (B, T, 1): zero for tokens with no image
         x = x + attn_out
         ff_out = torch.tanh(self.ff_gate) * self.ff(x)
-        if xattn.row_has_media is not None:
-            ff_out = ff_out * xattn.row_has_media.to(x.dtype)
+        if xattn.ffn_rows is not None:
+            ff_out = ff_out * xattn.ffn_rows.to(x.dtype)
         return x + ff_out
 
 

@@ -378,14 +378,11 @@ def test_converted_logits_match_the_official_forward(converted_model) -> None:
     assert torch.equal(other[1], got[1])  # the text-only row ignores the image
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known deviation: the official block applies the gated FFN to every token of a sample that has an image "
-    "(the flag is per sample), including text before the first <image>; this package zeroes the whole block for "
-    "tokens with no image yet (xattn.GatedCrossAttentionBlock, row_has_media)",
-)
 def test_text_before_the_image_matches_the_official_forward(converted_model) -> None:
-    """The official prompt format puts BOS and the system prompt before `<image>`."""
+    """The official prompt format puts BOS and the system prompt before `<image>`; the official block runs its
+    gated FFN on those tokens too (per-sample flag), which converted checkpoints reproduce through
+    `config.ffn_before_first_image`."""
+    assert converted_model.config.ffn_before_first_image
     input_ids = torch.cat([torch.tensor([1]), text_ids(6, 5), torch.tensor([IMAGE_ID]), text_ids(6, 6)])[None]
     pixels = crops()
     expected = official_logits(official_state(), input_ids, pixels, GRID)

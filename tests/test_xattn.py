@@ -51,7 +51,7 @@ def run_block(block, ids, key_media, media, x):
     times = text_time(ids, IMG)
     mask, row = cross_attention_mask(times, key_media)
     ctx = CrossAttentionContext(media=media, key_media_index=key_media, media_seen=torch.zeros(3, dtype=torch.long))
-    return block(x, CrossAttentionInputs(ctx, mask, row), layer_idx=0)
+    return block(x, CrossAttentionInputs(ctx, mask, row, ffn_rows=row), layer_idx=0)
 
 
 def test_zero_gates_are_exact_identity():
@@ -91,7 +91,7 @@ def test_expanded_context_shares_keys_across_copies():
     ctx = CrossAttentionContext(media, key_media, torch.zeros(3, dtype=torch.long)).expanded(r)
     ids_r, x_r = ids.repeat_interleave(r, 0), x.repeat_interleave(r, 0)
     mask, row = cross_attention_mask(text_time(ids_r, IMG), ctx.key_media_index_per_row())
-    out = block(x_r, CrossAttentionInputs(ctx, mask, row), layer_idx=0)
+    out = block(x_r, CrossAttentionInputs(ctx, mask, row, ffn_rows=row), layer_idx=0)
     assert torch.allclose(out, single.repeat_interleave(r, 0), atol=1e-6)
 
 
