@@ -1,0 +1,174 @@
+"""Images/s of InfiMM-HD's image processor versus the LLaVA-NeXT and Mllama image processors of transformers.
+
+What: the data-loader cost of turning an encoded photo into model-ready crops. Every processor gets the same JPEG
+bytes and decodes them inside the timed region: ours takes the bytes directly (it reads the header first and may
+decode a JPEG at reduced DCT scale when the tiles need less than half the resolution), the peers get
+``Image.open(BytesIO(bytes))`` (lazy: their own pipeline decodes it), which is how they are normally fed.
+Target: our images/s >= 2x the faster peer's.
+
+Inputs: four real photos from ``skimage.data`` (astronaut, coffee, chelsea, rocket) resized to 640x480, 1024x768,
+1920x1080 and 3000x2000 and encoded as JPEG (quality 90): 16 images, one processor call per image (as a data
+loader's ``__getitem__`` does).
+
+Processors (built locally, no downloads):
+
+* ours: ``InfiMMHDImageProcessor()``: 448 px windows, up to 9 (+ thumbnail), CLIP normalisation.
+* LLaVA-NeXT: ``LlavaNextImageProcessor`` with its default grid pinpoints and 336 px crops (the llava-v1.6
+  checkpoints' size; the class default is 224) : up to 4 patches + a base image.
+* Mllama: ``MllamaImageProcessor`` with ``max_image_tiles=4`` (its default) and 560 px tiles (Llama 3.2 Vision's;
+  the class default is 224).
+
+In transformers v5 these class names are the torchvision ("fast") backends, which is also what
+``AutoImageProcessor`` builds by default when torchvision is installed; the PIL backends
+(``LlavaNextImageProcessorPil``, ``MllamaImageProcessorPil``) are timed too, for information, but the ratio is
+against the faster of the two default (torchvision) peers. A 12 MP phone photo (4032x3024) is timed afterwards
+for information (not in the ratio): that is where JPEG DCT scaling applies.
+
+How: one thread (``torch.set_num_threads(1)`` and OMP/MKL/OpenBLAS limited through the environment before any
+import), a warm-up pass per processor, then ``--reps`` passes interleaved (A B C, C B A, ...); each pass times all
+16 images; medians reported. The script reports and never exits non-zero on a missed target.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_preprocess.py [--quick] [--reps R] [--no-pil]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy / torch are imported
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import skimage.data  # noqa: E402
+import torch  # noqa: E402
+from common import BackgroundLoad, cpu_model_name, interleaved, median, result_line, spread  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import LlavaNextImageProcessor, MllamaImageProcessor  # noqa: E402
+
+from infimm_hd.image_processing import InfiMMHDImageProcessor  # noqa: E402
+
+TARGET = 2.0
+SIZES = ((640, 480), (1024, 768), (1920, 1080), (3000, 2000))
+PHONE = (4032, 3024)  # informational extra: a 12 MP phone photo
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def make_inputs(sizes: tuple[tuple[int, int], ...] = SIZES) -> list[tuple[tuple[int, int], bytes]]:
+    """(size, JPEG bytes) for every photo at every size: 16 fixed, realistic inputs by default."""
+    out = []
+    for name in PHOTOS:
+        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        for size in sizes:
+            buffer = io.BytesIO()
+            photo.resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+            out.append((size, buffer.getvalue()))
+    return out
+
+
+def build_peers(with_pil: bool) -> dict[str, Callable[[bytes], object]]:
+    """Name -> function(bytes) -> model inputs, for the peers (each decodes the bytes itself)."""
+    llava = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    mllama = MllamaImageProcessor(size={"height": 560, "width": 560}, max_image_tiles=4)
+    peers = {
+        "llava-next (torchvision)": lambda data: llava(Image.open(io.BytesIO(data)), return_tensors="pt"),
+        "mllama (torchvision)": lambda data: mllama(Image.open(io.BytesIO(data)), return_tensors="pt"),
+    }
+    if with_pil:
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+        from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+        llava_pil = LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        mllama_pil = MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4)
+        peers["llava-next (PIL)"] = lambda data: llava_pil(Image.open(io.BytesIO(data)), return_tensors="pt")
+        peers["mllama (PIL)"] = lambda data: mllama_pil(Image.open(io.BytesIO(data)), return_tensors="pt")
+    return peers
+
+
+def output_floats(result: object) -> int:
+    """Number of float values in a processor output's pixel_values (the work each one produces)."""
+    return int(np.prod(tuple(result["pixel_values"].shape)))
+
+
+def main() -> None:
+    """Time every processor over the inputs, print images/s and the ratio, end with the RESULT line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=15, help="timed passes per processor (default 15)")
+    parser.add_argument("--quick", action="store_true", help="5 passes")
+    parser.add_argument("--no-pil", action="store_true", help="skip the informational PIL-backend peers")
+    args = parser.parse_args()
+    reps = 5 if args.quick else args.reps
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # torchvision 0.29's note on its decoders
+
+    inputs = make_inputs()
+    ours = InfiMMHDImageProcessor()
+    processors: dict[str, Callable[[bytes], object]] = {"infimm-hd (ours)": lambda data: ours(data)}
+    processors.update(build_peers(with_pil=not args.no_pil))
+
+    per_size: dict[str, dict[tuple[int, int], list[float]]] = {name: {s: [] for s in SIZES} for name in processors}
+
+    def one_pass(name: str) -> float:
+        """Process all inputs once with `name`; returns the total seconds and records per-image times."""
+        fn, total = processors[name], 0.0
+        for size, data in inputs:
+            start = time.perf_counter()
+            fn(data)
+            elapsed = time.perf_counter() - start
+            per_size[name][size].append(elapsed)
+            total += elapsed
+        return total
+
+    print(f"machine: {cpu_model_name()}, torch {torch.__version__}, 1 thread")
+    print(f"inputs: {len(inputs)} JPEGs ({', '.join(PHOTOS)} at {', '.join(f'{w}x{h}' for w, h in SIZES)})")
+    for name, fn in processors.items():
+        floats = sum(output_floats(fn(data)) for _, data in inputs[: len(SIZES)])
+        print(f"  {name:26s} pixel_values for one photo at the 4 sizes: {floats / 1e6:5.1f} M floats")
+
+    with BackgroundLoad() as load:
+        times = interleaved({name: (lambda n=name: one_pass(n)) for name in processors}, reps=reps, warmup=1)
+    for sizes in per_size.values():  # drop the warm-up pass from the per-size figures
+        for size in sizes:
+            sizes[size] = sizes[size][len(PHOTOS) :]
+
+    print(f"\n{reps} interleaved passes of {len(inputs)} images, median:")
+    header = "  ".join(f"{w}x{h:<5d}" for w, h in SIZES)
+    print(f"  {'processor':26s} {'images/s':>9s}   per-image ms at {header}   pass spread")
+    rates = {}
+    for name in processors:
+        rates[name] = len(inputs) / median(times[name])
+        cells = "  ".join(f"{median(per_size[name][s]) * 1e3:9.1f}" for s in SIZES)
+        print(f"  {name:26s} {rates[name]:9.1f}   {'':16s}{cells}   {spread(times[name])}")
+    print(load.line())
+
+    # Informational, not part of the ratio: a phone camera's 12 MP photo, where JPEG DCT scaling applies.
+    phone = [(PHONE, data) for (size, data) in make_inputs(sizes=(PHONE,))]
+    phone_ms = {}
+    for name, fn in processors.items():
+        fn(phone[0][1])
+        samples = []
+        for _ in range(max(3, reps // 3)):
+            for _, data in phone:
+                start = time.perf_counter()
+                fn(data)
+                samples.append(time.perf_counter() - start)
+        phone_ms[name] = median(samples) * 1e3
+    print(f"\ninformation only: {PHONE[0]}x{PHONE[1]} (12 MP phone photo), per-image ms, median:")
+    for name, ms in phone_ms.items():
+        print(f"  {name:26s} {ms:9.1f}")
+
+    default_peers = [n for n in processors if "(torchvision)" in n]
+    best = max(default_peers, key=rates.__getitem__)
+    ratio = rates["infimm-hd (ours)"] / rates[best]
+    print(f"\nfaster default peer: {best} ({rates[best]:.1f} images/s); ours {rates['infimm-hd (ours)']:.1f} images/s")
+    print(result_line("preprocess_images_per_s_vs_best_peer", f"{ratio:.2f}x", f">= {TARGET:g}x", ratio >= TARGET))
+
+
+if __name__ == "__main__":
+    main()
