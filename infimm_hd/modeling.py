@@ -72,11 +72,18 @@ class InfiMMHDPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained` (safetensors); `trained_only=True` writes only the trainable and
         base-less tensors plus a manifest of the frozen bases (see `trained_checkpoint`), for small stage
         checkpoints."""
+        from .model_card import render_model_card
+
         if trained_only:
             from .trained_checkpoint import save_trained
 
-            return save_trained(self, save_directory)
-        return super().save_pretrained(save_directory, *args, **kwargs)
+            save_trained(self, save_directory)
+        else:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        card = os.path.join(save_directory, "README.md")
+        if not os.path.exists(card):  # never overwrite a card the user wrote
+            with open(card, "w") as f:
+                f.write(render_model_card(self, model_id=str(save_directory)))
 
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):

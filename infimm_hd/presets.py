@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTr
 
 from .byte_tokenizer import byte_level_tokenizer
 from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig
+from .image_processing import InfiMMHDImageProcessor
 from .modeling import InfiMMHDForConditionalGeneration
 from .processing import InfiMMHDProcessor, add_multimodal_tokens
 from .trained_checkpoint import BaseSource, grow_token_embeddings
@@ -105,10 +106,13 @@ def _tiny_llm(vocab_size: int, seed: int) -> PreTrainedModel:
 
 
 def _processor_for(model: InfiMMHDForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> InfiMMHDProcessor:
+    """The processor that matches a model's tiling settings; its default budget is the inference one (training
+    pipelines pass `max_windows=config.max_windows_train`)."""
     cfg = model.config
-    return InfiMMHDProcessor(
-        tokenizer, window_size=cfg.window_size, max_windows=cfg.max_windows_inference, thumbnail_mode=cfg.thumbnail_mode
+    image_processor = InfiMMHDImageProcessor(
+        window_size=cfg.window_size, max_windows=cfg.max_windows_inference, thumbnail_mode=cfg.thumbnail_mode
     )
+    return InfiMMHDProcessor(image_processor, tokenizer)
 
 
 # Small random ViTs for the CPU presets: (patch, width, depth, heads, mlp ratio) at 448 px windows.

@@ -2,21 +2,42 @@
 
 Vision goes through cross-attention, so nothing is expanded into the token stream: a prompt keeps exactly the
 `<image>` tokens its author wrote, and the processor checks that each prompt has as many images as `<image>` tokens
-before anything runs. Padding is on the left, so batched generation and single-prompt generation see the same
-positions.
+before anything runs (and that tokenisation or truncation did not drop one). Padding is on the left, so batched
+generation and single-prompt generation see the same positions.
+
+Chat: `apply_chat_template` takes the standard message format
+(`{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}`), writes `<image>` where
+each image part stands, and renders with the LLM tokenizer's own chat template when it has one (e.g. SmolLM2's),
+otherwise with the paper's Vicuna-style template (`VICUNA_CHAT_TEMPLATE`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase
+from transformers.processing_utils import ProcessorMixin
 
-from .image_processing import ImageInput, process_images
+from .image_processing import ImageInput, InfiMMHDImageProcessor
 
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
+
+# The paper's format (official demo): system prompt, " USER: <image>question ASSISTANT: answer<|endofchunk|>", rounds
+# joined by spaces; generation stops on <|endofchunk|>.
+VICUNA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% set rest = messages[1:] %}"
+    "{% else %}A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.{% set rest = messages %}{% endif %}"
+    "{% for message in rest %}"
+    "{% if message['role'] == 'user' %} USER: {{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %} ASSISTANT: {{ message['content'] }}<|endofchunk|>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
 
 
 def add_multimodal_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -27,44 +48,66 @@ def add_multimodal_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
 
 
-class InfiMMHDProcessor:
-    """Tokenizer + image tiling. `processor(text=[...], images=[[img], [img, img], []])` -> model inputs.
+def flatten_message(message: dict[str, Any]) -> tuple[dict[str, str], list[Any]]:
+    """A message with a content list -> the same message with string content (`<image>` where each image part
+    stands) and the images it carried (`image`, `path` or local `url` fields; an empty `{"type": "image"}` part
+    yields `None`, to be filled by the caller's `images`)."""
+    content = message.get("content", "")
+    if isinstance(content, str):
+        return {"role": message["role"], "content": content}, []
+    parts, images = [], []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            parts.append(part.get("text", ""))
+        elif kind == "image":
+            parts.append(IMAGE_TOKEN)
+            source = part.get("image", part.get("path", part.get("url")))
+            if isinstance(source, str) and source.startswith(("http://", "https://")):
+                raise ValueError(f"image URL {source!r}: this processor reads local files only; download it first")
+            if isinstance(source, str) and source.startswith("file://"):
+                source = source[len("file://") :]
+            images.append(source)
+        else:
+            raise ValueError(f"unsupported content part type {kind!r} (expected 'text' or 'image')")
+    return {"role": message["role"], "content": "".join(parts)}, images
 
-    Attributes:
-        tokenizer: the LLM's tokenizer with `<image>` and `<|endofchunk|>` added.
-        window_size, max_windows, thumbnail_mode: the tiling settings (from the model config).
+
+class InfiMMHDProcessor(ProcessorMixin):
+    """Tokenizer + `InfiMMHDImageProcessor`. `processor(text=[...], images=[[img], [img, img], []])` -> inputs.
+
+    Returns `input_ids`, `attention_mask` and, when there are images, `pixel_values` (N, 3, S, S), `image_grids`
+    (I, 2) and `image_sample_index` (I,) (the prompt of each image, checked again by the model).
     """
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        window_size: int = 448,
-        max_windows: int = 9,
-        thumbnail_mode: str = "pad",
-    ):
-        self.tokenizer = tokenizer
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
+        if tokenizer is None:
+            raise ValueError("InfiMMHDProcessor needs a tokenizer")
+        image_processor = image_processor if image_processor is not None else InfiMMHDImageProcessor()
         self.image_token_id, self.end_of_chunk_token_id = add_multimodal_tokens(tokenizer)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        self.window_size = window_size
-        self.max_windows = max_windows
-        self.thumbnail_mode = thumbnail_mode
+        if chat_template is None:
+            chat_template = tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def __call__(
         self,
-        text: str | Sequence[str],
         images: ImageInput | Sequence[ImageInput] | Sequence[Sequence[ImageInput]] | None = None,
+        text: str | Sequence[str] | None = None,
         max_windows: int | None = None,
         return_tensors: str = "pt",
         **tokenizer_kwargs,
     ) -> BatchFeature:
         """Tokenise prompts and tile their images.
 
-        `images` is one list per prompt (or, for a single prompt, one image or a flat list). The i-th image of a
+        `images` is one list per prompt (or, for a single prompt, one image or a flat list); the i-th image of a
         prompt belongs to its i-th `<image>` token. `max_windows` overrides the window budget (e.g. the training
         budget of 9).
         """
+        if text is None:
+            raise ValueError("text is required: write one <image> in it where each image belongs")
         prompts = [text] if isinstance(text, str) else list(text)
         per_prompt = self._images_per_prompt(images, len(prompts))
         counts = [p.count(IMAGE_TOKEN) for p in prompts]
@@ -75,8 +118,9 @@ class InfiMMHDProcessor:
                     f"write one {IMAGE_TOKEN} where each image belongs"
                 )
         tokenizer_kwargs.setdefault("padding", True)
+        tokenizer_kwargs.pop("images_kwargs", None)
         encoded = self.tokenizer(prompts, return_tensors=return_tensors, **tokenizer_kwargs)
-        found = (encoded["input_ids"] == self.image_token_id).sum(-1).tolist()
+        found = (torch.as_tensor(encoded["input_ids"]) == self.image_token_id).sum(-1).tolist()
         if found != counts:
             raise ValueError(
                 f"after tokenisation the prompts hold {found} {IMAGE_TOKEN} tokens, expected {counts} "
@@ -85,14 +129,11 @@ class InfiMMHDProcessor:
         data = dict(encoded)
         flat = [img for imgs in per_prompt for img in imgs]
         if flat:
-            processed = process_images(
-                flat,
-                window_size=self.window_size,
-                max_windows=max_windows or self.max_windows,
-                thumbnail_mode=self.thumbnail_mode,
-            )
-            data["pixel_values"] = processed.pixel_values
-            data["image_grids"] = processed.image_grids
+            if any(img is None for img in flat):
+                raise ValueError("an image part of the conversation has no image: pass it in `images`")
+            vision = self.image_processor(flat, max_windows=max_windows, return_tensors="pt")
+            data["pixel_values"] = vision["pixel_values"]
+            data["image_grids"] = vision["image_grids"]
             data["image_sample_index"] = torch.repeat_interleave(
                 torch.arange(len(prompts)), torch.tensor([len(x) for x in per_prompt])
             )
@@ -104,13 +145,71 @@ class InfiMMHDProcessor:
             return [[] for _ in range(num_prompts)]
         if not isinstance(images, (list, tuple)):
             images = [images]
-        if all(isinstance(x, (list, tuple)) for x in images):
+        if images and all(isinstance(x, (list, tuple)) for x in images):
             if len(images) != num_prompts:
                 raise ValueError(f"got image lists for {len(images)} prompts but {num_prompts} prompts")
             return [list(x) for x in images]
         if num_prompts != 1:
+            if len(images) == 0:
+                return [[] for _ in range(num_prompts)]
             raise ValueError("with several prompts, pass images as one list per prompt: [[img], [img, img], []]")
         return [list(images)]
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        chat_template: str | None = None,
+        tokenize: bool = False,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = None,
+        images: Sequence[Sequence[ImageInput]] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        **template_kwargs,
+    ):
+        """Render conversations (standard message format) to prompts, and optionally tokenise them with their images.
+
+        Images come from the image parts themselves (`{"type": "image", "image": PIL | path | bytes}`) or, for empty
+        image parts, from `images` (one list per conversation).
+        """
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        texts, found_images = [], []
+        for conv in conversations:
+            flat, imgs = zip(*(flatten_message(m) for m in conv), strict=True) if conv else ((), ())
+            texts.append(
+                self.tokenizer.apply_chat_template(
+                    list(flat),
+                    chat_template=chat_template or self.chat_template,
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                    **template_kwargs,
+                )
+            )
+            found_images.append([img for part in imgs for img in part])
+        if images is not None:
+            found_images = [self._fill_images(f, list(given)) for f, given in zip(found_images, images, strict=True)]
+        if not tokenize:
+            return texts if batched else texts[0]
+        kwargs = dict(processor_kwargs or {})
+        kwargs.setdefault("add_special_tokens", False)  # the template wrote BOS/markers already
+        out = self(images=found_images, text=texts, return_tensors=return_tensors or "pt", **kwargs)
+        return out if return_dict else out["input_ids"]
+
+    @staticmethod
+    def _fill_images(found: list[Any], given: list[Any]) -> list[Any]:
+        empty = [i for i, img in enumerate(found) if img is None]
+        if len(empty) != len(given):
+            raise ValueError(f"the conversation has {len(empty)} empty image parts but {len(given)} images were given")
+        for i, img in zip(empty, given, strict=True):
+            found[i] = img
+        return found
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_grids", "image_sample_index"]
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:
         kwargs.setdefault("skip_special_tokens", True)

@@ -410,7 +410,7 @@ def test_only_safetensors_are_written(converted) -> None:
     files = sorted(p.name for p in dst.iterdir())
     assert "model.safetensors" in files and "config.json" in files
     assert not [name for name in files if Path(name).suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
-    assert {Path(name).suffix for name in files} <= {".safetensors", ".json", ".jinja", ".model"}
+    assert {Path(name).suffix for name in files} <= {".safetensors", ".json", ".jinja", ".model", ".md"}
 
 
 def test_report_counts(converted, converted_model) -> None:

@@ -76,7 +76,12 @@ def test_trained_only_save_of_tiny_reloads_identical_logits(tmp_path):
     model, processor = infimm_hd.build_model("tiny")
     randomize_gates(model)
     model.save_pretrained(tmp_path, trained_only=True)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "infimm_hd_manifest.json", "trained.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "README.md",
+        "config.json",
+        "infimm_hd_manifest.json",
+        "trained.safetensors",
+    ]
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
     inputs = processor(text=["Q: <image> what? A:"], images=[[make_image(4, 1)]])
     with torch.no_grad():

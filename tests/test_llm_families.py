@@ -41,7 +41,7 @@ def test_family_zero_gate_identity_and_generation(family):
     model = from_components(llm, tower, tokenizer, cross_attention_heads=2, cross_attention_head_dim=16).eval()
     assert model.config.text_config.model_type == family
     assert model.config.cross_attention_layers == [3, 7]
-    processor = InfiMMHDProcessor(tokenizer)
+    processor = InfiMMHDProcessor(tokenizer=tokenizer)
     inputs = processor(text=["a long enough prompt to cross the window <image> what?"], images=[[make_image(4, 0)]])
     bare = bare_llm_copy(model)
     ours = model(**inputs).logits

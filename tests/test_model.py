@@ -196,7 +196,7 @@ def test_bad_inputs_fail_before_compute_with_clear_errors(tiny):
         )
     with pytest.raises(ValueError, match="no pixel_values"):
         model(input_ids=inputs["input_ids"])
-    with pytest.raises(ValueError, match="cannot decode image"):
+    with pytest.raises(ValueError, match="not an image or corrupt"):
         processor(text=[PROMPT], images=[[b"not an image at all"]])
     with pytest.raises(ValueError, match="zero size"):
         processor(text=[PROMPT], images=[[torch.zeros(0, 10, 3)]])
@@ -252,7 +252,7 @@ def test_key_count_matches_the_tiling_plan(tiny):
     inputs = processor(text=[PROMPT], images=[[image]])
     from infimm_hd.hires import plan_tiles
 
-    plan = plan_tiles(image.width, image.height, max_windows=processor.max_windows)
+    plan = plan_tiles(image.width, image.height, max_windows=processor.image_processor.max_windows)
     context = model.encode_media(inputs["input_ids"], inputs["pixel_values"], inputs["image_grids"])
     assert context.media.shape[1] == plan.cross_attention_keys(model.config.vision_config.tokens_per_crop)
     assert int((context.key_media_index == 1).sum()) == plan.cross_attention_keys(65)
