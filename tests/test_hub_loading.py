@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_image, randomize_gates
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 import infimm_hd  # noqa: F401  (registers the Auto classes)
 from infimm_hd import InfiMMHDConfig, InfiMMHDForConditionalGeneration
@@ -112,5 +112,32 @@ def test_smollm2_trained_only_is_small_and_reloads_identical_logits(tmp_path):
     assert ratio >= 10, f"trained-only save is only {ratio:.1f}x smaller"
     loaded = AutoModelForImageTextToText.from_pretrained(small)
     inputs = processor(text=["<image>What is this?"], images=[[make_image(4, 2)]])
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_hub_id_loads_through_the_huggingface_hub_cache(tmp_path):
+    """A folder laid out like a hub repo in the huggingface_hub cache loads by its id (nothing is downloaded)."""
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--infimm--tiny-test"
+    snapshot = repo / "snapshots" / revision
+    model.save_pretrained(snapshot)
+    processor.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    kw = dict(cache_dir=tmp_path, local_files_only=True)
+    loaded = AutoModelForImageTextToText.from_pretrained("infimm/tiny-test", **kw)
+    loaded_processor = AutoProcessor.from_pretrained("infimm/tiny-test", **kw)
+    inputs = loaded_processor(text=["<image> hi"], images=[[make_image(1, 0)]])
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_device_map_loading(tmp_path):
+    model, processor = saved_tiny(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, device_map="auto")
+    inputs = processor(text=["<image> hi"], images=[[make_image(1, 1)]])
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
