@@ -166,37 +166,80 @@ class InfiMMHDProcessor(ProcessorMixin):
         return_tensors: str | None = None,
         images: Sequence[Sequence[ImageInput]] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
+        return_labels: bool = False,
         **template_kwargs,
     ):
         """Render conversations (standard message format) to prompts, and optionally tokenise them with their images.
 
         Images come from the image parts themselves (`{"type": "image", "image": PIL | path | bytes}`) or, for empty
-        image parts, from `images` (one list per conversation).
+        image parts, from `images` (one list per conversation). `return_labels=True` (with `tokenize=True`) adds
+        `labels`: the tokens of the assistant turns (their end marker included), -100 everywhere else (system and
+        user text, `<image>`, padding).
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
-        texts, found_images = [], []
+        template = chat_template or self.chat_template
+
+        def render(messages: list[dict[str, str]], generation_prompt: bool, final: bool = False) -> str:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+                continue_final_message=final,
+                **template_kwargs,
+            )
+
+        texts, found_images, spans = [], [], []
         for conv in conversations:
             flat, imgs = zip(*(flatten_message(m) for m in conv), strict=True) if conv else ((), ())
-            texts.append(
-                self.tokenizer.apply_chat_template(
-                    list(flat),
-                    chat_template=chat_template or self.chat_template,
-                    tokenize=False,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final_message,
-                    **template_kwargs,
-                )
-            )
+            flat = list(flat)
+            texts.append(render(flat, add_generation_prompt, continue_final_message))
             found_images.append([img for part in imgs for img in part])
+            if return_labels:
+                spans.append(self._assistant_spans(flat, texts[-1], render))
         if images is not None:
             found_images = [self._fill_images(f, list(given)) for f, given in zip(found_images, images, strict=True)]
         if not tokenize:
             return texts if batched else texts[0]
         kwargs = dict(processor_kwargs or {})
         kwargs.setdefault("add_special_tokens", False)  # the template wrote BOS/markers already
+        if return_labels:
+            kwargs["return_offsets_mapping"] = True
         out = self(images=found_images, text=texts, return_tensors=return_tensors or "pt", **kwargs)
+        if return_labels:
+            offsets = out.pop("offset_mapping")  # (B, T, 2) character span of each token
+            out["labels"] = self._labels(out["input_ids"], out["attention_mask"], offsets, spans)
         return out if return_dict else out["input_ids"]
+
+    @staticmethod
+    def _assistant_spans(flat: list[dict[str, str]], text: str, render) -> list[tuple[int, int]]:
+        """Character spans of the assistant turns in `text`: from the end of the rendering up to the turn (with the
+        generation prompt) to the end of the rendering that includes it. Templates render conversations
+        incrementally, so each partial rendering is a prefix of the whole; a template that does not is rejected."""
+        spans = []
+        for i, message in enumerate(flat):
+            if message["role"] != "assistant":
+                continue
+            start = len(render(flat[:i], True))
+            end = len(render(flat[: i + 1], False))
+            if text[:end] != render(flat[: i + 1], False) or start > end:
+                raise ValueError("this chat template does not render conversations incrementally; cannot place labels")
+            spans.append((start, end))
+        return spans
+
+    def _labels(self, input_ids, attention_mask, offsets, spans) -> torch.Tensor:
+        """-100 except for tokens that start inside an assistant span (never `<image>` or padding)."""
+        labels = torch.full_like(input_ids, -100)
+        for b, row_spans in enumerate(spans):
+            starts = offsets[b, :, 0]
+            ends = offsets[b, :, 1]
+            inside = torch.zeros_like(input_ids[b], dtype=torch.bool)
+            for s, e in row_spans:
+                inside |= (starts >= s) & (starts < e) & (ends > starts)
+            keep = inside & attention_mask[b].bool() & (input_ids[b] != self.image_token_id)
+            labels[b, keep] = input_ids[b, keep]
+        return labels
 
     @staticmethod
     def _fill_images(found: list[Any], given: list[Any]) -> list[Any]:

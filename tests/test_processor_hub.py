@@ -98,3 +98,39 @@ def test_smollm2_uses_its_own_chat_template_and_pipeline_answers(tmp_path):
     pipe = pipeline("image-text-to-text", model=str(tmp_path))
     out = pipe(text=with_image(make_image(1, 3)), max_new_tokens=12, do_sample=False)
     assert len(out[0]["generated_text"][-1]["content"].strip()) > 0
+
+
+CONVERSATION = QUESTION + [
+    {"role": "assistant", "content": "A cat."},
+    {"role": "user", "content": "Sure?"},
+    {"role": "assistant", "content": "Yes."},
+]
+
+
+def labelled_text(processor, out, row: int) -> str:
+    ids, labels = out["input_ids"][row], out["labels"][row]
+    return processor.tokenizer.decode(ids[labels != -100], skip_special_tokens=False)
+
+
+def test_labels_cover_exactly_the_assistant_turns(saved):
+    _, _, processor = saved
+    image = make_image(1, 4)
+    out = processor.apply_chat_template(
+        [CONVERSATION, CONVERSATION[:2]], tokenize=True, return_dict=True, return_labels=True, images=[[image], [image]]
+    )
+    assert labelled_text(processor, out, 0) == " A cat.<|endofchunk|> Yes.<|endofchunk|>"
+    assert labelled_text(processor, out, 1) == " A cat.<|endofchunk|>"
+    labels, ids = out["labels"], out["input_ids"]
+    assert (labels[ids == processor.image_token_id] == -100).all()
+    assert (labels[out["attention_mask"] == 0] == -100).all()
+    kept = labels != -100
+    assert torch.equal(labels[kept], ids[kept]), "labels keep the original token ids"
+
+
+@pytest.mark.real_llm
+def test_smollm2_labels_follow_its_own_template():
+    _, processor = infimm_hd.build_model("smollm2-135m")
+    out = processor.apply_chat_template(
+        CONVERSATION[:2], tokenize=True, return_dict=True, return_labels=True, images=[[make_image(1, 5)]]
+    )
+    assert labelled_text(processor, out, 0) == "A cat.<|im_end|>\n"
