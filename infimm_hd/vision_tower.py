@@ -62,25 +62,7 @@ def _build_timm(config: InfiMMHDVisionConfig) -> nn.Module:
 
     if config.model_name is not None:
         return timm.create_model(config.model_name, pretrained=False, img_size=config.image_size, num_classes=0)
-    if config.architecture == "eva":
-        return Eva(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            embed_dim=config.width,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            qkv_fused=True,
-            use_abs_pos_emb=True,
-            use_rot_pos_emb=False,
-            use_post_norm=config.block_norm == "post",
-            class_token=True,
-            num_classes=0,
-            global_pool="token",
-            norm_layer=partial(LayerNorm, eps=config.layer_norm_eps),
-        )
-    return VisionTransformer(
+    shape = dict(
         img_size=config.image_size,
         patch_size=config.patch_size,
         embed_dim=config.width,
@@ -88,9 +70,21 @@ def _build_timm(config: InfiMMHDVisionConfig) -> nn.Module:
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
         qkv_bias=config.qkv_bias,
+        class_token=True,
         num_classes=0,
         global_pool="token",
-        class_token=True,
+    )
+    if config.architecture == "eva":
+        return Eva(
+            **shape,
+            qkv_fused=True,
+            use_abs_pos_emb=True,
+            use_rot_pos_emb=False,
+            use_post_norm=config.block_norm == "post",
+            norm_layer=partial(LayerNorm, eps=config.layer_norm_eps),
+        )
+    return VisionTransformer(
+        **shape,
         norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
         block_fn=ResPostBlock if config.block_norm == "post" else Block,
     )
