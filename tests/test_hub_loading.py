@@ -141,3 +141,16 @@ def test_device_map_loading(tmp_path):
     inputs = processor(text=["<image> hi"], images=[[make_image(1, 1)]])
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_sharded_save_reloads_strictly(tmp_path):
+    """Large models are written as several safetensors shards plus an index; loading them back is still strict."""
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    model.save_pretrained(tmp_path, max_shard_size="300KB")
+    shards = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").is_file(), shards
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    inputs = processor(text=["<image> hi"], images=[[make_image(1, 2)]])
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
