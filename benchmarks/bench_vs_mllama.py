@@ -21,27 +21,21 @@ median per-token times reported.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from common import (
-    DTYPES,
     BackgroundLoad,
     Scale,
-    add_common_args,
     build_infimm,
+    decode_setup,
     infimm_decode_bytes,
     infimm_decode_flops,
     interleaved,
     llm_layer_flops,
     lm_head_flops,
-    machine_line,
     median,
     num_params,
     paper_scale,
     result_line,
-    scale_from_args,
-    setup_torch,
     spread,
     timed_generate,
 )
@@ -131,18 +125,7 @@ def mllama_token_bytes(scale: Scale, context: int, keys: int, elt: int, kv_width
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per run (default 64)")
-    parser.add_argument("--prompt-tokens", type=int, default=32, help="text tokens in the prompt (default 32)")
-    args = parser.parse_args()
-    setup_torch(args.threads, args.seed)
-    dtype = DTYPES[args.dtype]
-    new_tokens = args.new_tokens or (16 if args.quick else 64)
-    reps = args.reps or (3 if args.quick else 7)
-    scale = scale_from_args(args)
-    print(machine_line(dtype))
-    print(scale.describe())
+    args, dtype, scale, new_tokens, reps = decode_setup(__doc__)
 
     ours, tokenizer = build_infimm(scale, dtype, args.seed)
     mllama = build_mllama(scale, dtype, args.seed)

@@ -423,3 +423,21 @@ def infimm_decode_bytes(scale: Scale, context: int, keys: int, elt: int) -> floa
     weights += scale.num_xattn * (2 * d * inner + 2 * d * d)
     caches = scale.layers * 2 * context * d + scale.num_xattn * 2 * keys * inner
     return (weights + caches) * elt
+
+
+def decode_setup(description: str) -> tuple[argparse.Namespace, torch.dtype, Scale, int, int]:
+    """The decode benchmarks' shared start: flags, threads/seed, dtype, model scale, tokens and repetitions.
+
+    Prints the machine and model lines so every run's output says what was measured.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per run (default 64)")
+    parser.add_argument("--prompt-tokens", type=int, default=32, help="text tokens in the prompt (default 32)")
+    args = parser.parse_args()
+    setup_torch(args.threads, args.seed)
+    dtype = DTYPES[args.dtype]
+    scale = scale_from_args(args)
+    print(machine_line(dtype))
+    print(scale.describe())
+    return args, dtype, scale, args.new_tokens or (16 if args.quick else 64), args.reps or (3 if args.quick else 7)
