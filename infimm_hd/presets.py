@@ -23,8 +23,8 @@ from .byte_tokenizer import byte_level_tokenizer
 from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig
 from .image_processing import InfiMMHDImageProcessor
 from .modeling import InfiMMHDForConditionalGeneration
-from .processing import InfiMMHDProcessor, add_multimodal_tokens
-from .trained_checkpoint import BaseSource, grow_token_embeddings
+from .processing import InfiMMHDProcessor
+from .trained_checkpoint import BaseSource, add_multimodal_vocab
 from .vision_tower import VisionTower
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,8 +49,7 @@ def from_components(
         "language_model": language_model_source or BaseSource.infer(language_model),
         "vision_tower": vision_tower_source or BaseSource(),
     }
-    image_id, eoc_id = add_multimodal_tokens(tokenizer)
-    grow_token_embeddings(language_model, len(tokenizer))
+    image_id, eoc_id = add_multimodal_vocab(language_model, tokenizer)
     config = InfiMMHDConfig(
         vision_config=vision_tower.config.to_dict(),
         text_config=language_model.config.to_dict(),

@@ -53,15 +53,15 @@ class BaseSource:
         return BaseSource("transformers", str(name), getattr(model.config, "_commit_hash", None))
 
 
+def always_saved(name: str, sources: dict[str, BaseSource]) -> bool:
+    """A parameter no base can rebuild: a cross-attention block's, or one of a component without a base."""
+    component = name.split(".", 1)[0]  # "language_model" or "vision_tower"
+    return ".cross_attn." in name or sources.get(component, BaseSource()).loader == "none"
+
+
 def trained_keys(model, sources: dict[str, BaseSource]) -> list[str]:
-    """Keys to save: trainable parameters, the cross-attention blocks, and every component without a base."""
-    keys = []
-    for name, param in model.named_parameters():
-        component = name.split(".", 1)[0]  # "language_model" or "vision_tower"
-        no_base = sources.get(component, BaseSource()).loader == "none"
-        if param.requires_grad or ".cross_attn." in name or no_base:
-            keys.append(name)
-    return keys
+    """Keys to save: trainable parameters plus everything `always_saved`."""
+    return [name for name, param in model.named_parameters() if param.requires_grad or always_saved(name, sources)]
 
 
 def save_trained(model, save_directory: str | Path) -> Path:
@@ -104,7 +104,6 @@ def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
     """Rebuild a model saved by `save_trained`: bases from the manifest, then the saved tensors, strictly."""
     from .configuration import InfiMMHDConfig
     from .modeling import InfiMMHDForConditionalGeneration
-    from .processing import add_multimodal_tokens
     from .vision_tower import VisionTower
 
     folder = Path(folder)
@@ -122,13 +121,12 @@ def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
         llm = AutoModelForCausalLM.from_config(config.text_config)
     else:
         llm, tokenizer = _load_base_llm(llm_source, dtype)
-        image_id, eoc_id = add_multimodal_tokens(tokenizer)
+        image_id, eoc_id = add_multimodal_vocab(llm, tokenizer)
         if (image_id, eoc_id) != (config.image_token_id, config.end_of_chunk_token_id):
             raise ValueError(
                 f"the base tokenizer gives <image>={image_id}, <|endofchunk|>={eoc_id} but the checkpoint was "
                 f"trained with {config.image_token_id}, {config.end_of_chunk_token_id}"
             )
-        grow_token_embeddings(llm, len(tokenizer))
     if sources.get("vision_tower", BaseSource()).loader != "none":
         raise ValueError("vision-tower bases are not supported yet: save the tower with the trained weights")
     tower = VisionTower(config.vision_config)
@@ -137,8 +135,7 @@ def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
 
     # Strict in both directions: every saved tensor has a home, and every parameter without a base was saved.
     params = dict(model.named_parameters())
-    without_base = {k for k in params if sources.get(k.split(".", 1)[0], BaseSource()).loader == "none"}
-    missing = sorted((without_base | {k for k in params if ".cross_attn." in k}) - set(saved))
+    missing = sorted({k for k in params if always_saved(k, sources)} - set(saved))
     unexpected = sorted(set(saved) - set(params))
     if missing or unexpected:
         raise ValueError(f"trained checkpoint mismatch: missing {missing[:8]}, unexpected {unexpected[:8]}")
@@ -165,3 +162,16 @@ def grow_token_embeddings(llm: PreTrainedModel, vocab: int) -> None:
         for emb in (llm.get_input_embeddings(), llm.get_output_embeddings()):
             if emb is not None and emb.weight.shape[0] > old:
                 emb.weight[old:] = emb.weight[:old].mean(dim=0)
+
+
+def add_multimodal_vocab(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """Add `<image>` / `<|endofchunk|>` to the tokenizer and rows for them to the LLM; returns their ids.
+
+    The one place both `from_components` and trained-only loading go through, so a reloaded base gets exactly the
+    rows it was trained with.
+    """
+    from .processing import add_multimodal_tokens
+
+    ids = add_multimodal_tokens(tokenizer)
+    grow_token_embeddings(llm, len(tokenizer))
+    return ids
