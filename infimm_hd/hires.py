@@ -31,10 +31,12 @@ Consequences (all covered by ``tests/test_hires.py``):
 
 * a 448x448 image gives a 1x1 grid, and so does any image with both sides ``< 672`` (= 1.5 windows; at exactly
   672 the tie rounds up to 2);
-* ``1 <= rows``, ``1 <= cols`` and ``rows * cols <= max_windows`` always;
+* ``1 <= rows``, ``1 <= cols`` and ``rows * cols <= max_windows`` whenever ``max_windows >= 1``;
 * the window count never decreases when an image is scaled up uniformly (same aspect ratio): the larger image's
   grid is the grid of the smaller one at a larger scale, and the search range only grows;
-* a 1x20000 image with ``max_windows=9`` gives 9 rows and 1 column.
+* a 1x20000 image with ``max_windows=9`` gives 9 rows and 1 column;
+* ``max_windows=0`` gives the *thumbnail-only* plan ``0 x 0``: no windows, just the thumbnail, which is what the
+  low-resolution stages (1 and 2) train on and what the "thumbnail-only" ablation evaluates.
 
 The module is pure: every function is deterministic and there is no module-level mutable state.
 """
@@ -92,6 +94,14 @@ def _check_positive(value: Any, name: str) -> int:
     return value
 
 
+def _check_non_negative(value: Any, name: str) -> int:
+    """Validate a non-negative integer parameter (a window count or budget, where 0 means thumbnail only)."""
+    value = _as_int(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def _side_windows(scaled_side: Fraction) -> int:
     """Windows along one side of length ``scaled_side`` (in window units): nearest integer, ties up, at least 1."""
     return max(1, math.floor(scaled_side + Fraction(1, 2)))
@@ -124,8 +134,9 @@ def _breakpoints_below_one(side: int, window_size: int) -> list[Fraction]:
 class TilePlan:
     """How one image is cut: its original size and the ``rows`` x ``cols`` grid of ``window_size`` windows.
 
-    Frozen so a plan can be shared, hashed and compared; ``to_dict``/``from_dict`` let it travel in JSON (e.g. in a
-    preprocessed dataset's metadata) without pickling.
+    ``rows == cols == 0`` is the thumbnail-only plan (no windows). Frozen so a plan can be shared, hashed and
+    compared; ``to_dict``/``from_dict`` let it travel in JSON (e.g. in a preprocessed dataset's metadata) without
+    pickling.
     """
 
     width: int
@@ -139,8 +150,18 @@ class TilePlan:
         width, height = _check_image_size(self.width, self.height)
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "height", height)
-        for name in ("rows", "cols", "window_size"):
-            object.__setattr__(self, name, _check_positive(getattr(self, name), name))
+        object.__setattr__(self, "window_size", _check_positive(self.window_size, "window_size"))
+        for name in ("rows", "cols"):
+            object.__setattr__(self, name, _check_non_negative(getattr(self, name), name))
+        if (self.rows == 0) != (self.cols == 0):
+            raise ValueError(
+                f"a grid is either empty (0x0, thumbnail only) or at least 1x1, got {self.rows}x{self.cols}"
+            )
+
+    @property
+    def thumbnail_only(self) -> bool:
+        """True for the 0x0 plan: the image is seen only through its thumbnail."""
+        return self.rows == 0
 
     @property
     def resized_size(self) -> tuple[int, int]:
@@ -199,6 +220,8 @@ def plan_tiles(width: int, height: int, window_size: int = 448, max_windows: int
     >>> p = plan_tiles(1, 20000)
     >>> (p.rows, p.cols)
     (9, 1)
+    >>> plan_tiles(1344, 896, max_windows=0).num_crops  # thumbnail only
+    1
     >>> plan_tiles(0, 10)
     Traceback (most recent call last):
     ...
@@ -206,7 +229,9 @@ def plan_tiles(width: int, height: int, window_size: int = 448, max_windows: int
     """
     width, height = _check_image_size(width, height)
     window_size = _check_positive(window_size, "window_size")
-    max_windows = _check_positive(max_windows, "max_windows")
+    max_windows = _check_non_negative(max_windows, "max_windows")
+    if max_windows == 0:
+        return TilePlan(width=width, height=height, rows=0, cols=0, window_size=window_size)
 
     rows, cols = _grid_at(Fraction(1), width, height, window_size)
     if rows * cols > max_windows:
@@ -257,6 +282,8 @@ def tile_image(
     else:
         thumbnail = image.resize((ws, ws), bicubic)
 
+    if plan.thumbnail_only:
+        return [thumbnail]
     resized = image.resize(plan.resized_size, bicubic)
     return [thumbnail] + [resized.crop(box) for box in plan.window_boxes()]
 
@@ -288,17 +315,22 @@ def window_position_embedding(rows: int, cols: int, dim: int) -> torch.Tensor:
     trained on in the low-resolution stage, so leaving it unshifted keeps its features unchanged. Zeros are
     distinct from every window's vector because each window vector is made of (sin, cos) pairs of unit norm.
 
-    Rows 1.. are the windows in row-major order (``TilePlan.window_boxes()`` order); window ``(r, c)`` is
-    ``cat(table[c], table[r])`` with ``table = sinusoid_table(max(rows, cols), dim // 2)``: the first half of the
-    channels encodes the column, the second half the row. ``dim // 2`` must be even, i.e. ``dim % 4 == 0``.
+    ``rows == cols == 0`` (thumbnail only) gives just the zero row. Rows 1.. are the windows in row-major order
+    (``TilePlan.window_boxes()`` order); window ``(r, c)`` is ``cat(table[c], table[r])`` with
+    ``table = sinusoid_table(max(rows, cols), dim // 2)``: the first half of the channels encodes the column, the
+    second half the row. ``dim // 2`` must be even, i.e. ``dim % 4 == 0``.
     """
-    rows = _check_positive(rows, "rows")
-    cols = _check_positive(cols, "cols")
+    rows = _check_non_negative(rows, "rows")
+    cols = _check_non_negative(cols, "cols")
+    if (rows == 0) != (cols == 0):
+        raise ValueError(f"a grid is either empty (0x0, thumbnail only) or at least 1x1, got {rows}x{cols}")
     dim = _as_int(dim, "dim")
     if dim < 4 or dim % 4:
         raise ValueError(
             f"dim must be a positive multiple of 4 (even, with an even half for the column/row tables), got {dim}"
         )
+    if rows == 0:
+        return torch.zeros(1, dim, dtype=torch.float32)
     table = sinusoid_table(max(rows, cols), dim // 2)  # (max(rows, cols), dim/2)
     col_part = table[:cols].repeat(rows, 1)  # (rows*cols, dim/2): column index cycles fastest (row-major)
     row_part = table[:rows].repeat_interleave(cols, dim=0)  # (rows*cols, dim/2)

@@ -441,7 +441,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
         kwargs.pop("image_processor_type", None)  # written by `to_dict`, not a setting
         super().__init__(**kwargs)
         self.window_size = _positive_int(window_size, "window_size")
-        self.max_windows = _positive_int(max_windows, "max_windows")
+        self.max_windows = _window_budget(max_windows)
         if thumbnail_mode not in THUMBNAIL_MODES:
             raise ValueError(f"unknown thumbnail_mode {thumbnail_mode!r}; expected one of {THUMBNAIL_MODES}")
         self.thumbnail_mode = thumbnail_mode
@@ -474,7 +474,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
 
     def process(self, images: Any, max_windows: int | None = None) -> ProcessedImages:
         """Like `preprocess`, but returns a `ProcessedImages` that also holds each image's `TilePlan`."""
-        budget = self.max_windows if max_windows is None else _positive_int(max_windows, "max_windows")
+        budget = self.max_windows if max_windows is None else _window_budget(max_windows)
         ws = self.window_size
         plans: list[TilePlan] = []
         crops: list[tuple[torch.Tensor, torch.Tensor]] = []  # per image: thumbnail (1,3,S,S), grid (1,3,rS,cS)
@@ -482,8 +482,11 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
             with _image_errors(index):
                 opened = self._open(image)
                 plan = plan_tiles(opened.width, opened.height, window_size=ws, max_windows=budget)
-                decoded = self._decode(opened, plan)
-            grid, thumbnail = self._tile(decoded, opened, plan)
+                # A thumbnail-only plan makes its thumbnail exactly as the default windowed plan would, so the
+                # thumbnail-only ablation and the low-resolution stages see the very pixels windowed runs see.
+                shape = plan_tiles(opened.width, opened.height, ws, max(1, self.max_windows)) if budget == 0 else plan
+                decoded = self._decode(opened, shape)
+            grid, thumbnail = self._tile(decoded, opened, shape)
             plans.append(plan)
             crops.append((thumbnail, grid))
 
@@ -491,6 +494,9 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
         start = 0
         for plan, (thumbnail, grid) in zip(plans, crops, strict=True):
             pixel_values[start].copy_(thumbnail[0])  # uint8 -> float32, (3, S, S)
+            if plan.thumbnail_only:
+                start += 1
+                continue
             windows = pixel_values[start + 1 : start + plan.num_crops].view(plan.rows, plan.cols, 3, ws, ws)
             # (1, 3, rows*S, cols*S) -> (rows, cols, 3, S, S): a strided view, no copy until this converting copy_
             windows.copy_(grid[0].unflatten(1, (plan.rows, ws)).unflatten(3, (plan.cols, ws)).permute(1, 3, 0, 2, 4))
@@ -507,7 +513,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
         Full decode, `ImageOps.exif_transpose`, RGB conversion, `hires.tile_image` (PIL, padded canvas) and
         `normalize` per crop. Slow, and the pad canvas is ``side**2`` pixels: meant for tests, not training.
         """
-        budget = self.max_windows if max_windows is None else _positive_int(max_windows, "max_windows")
+        budget = self.max_windows if max_windows is None else _window_budget(max_windows)
         pixel_values: list[torch.Tensor] = []
         plans: list[TilePlan] = []
         for index, image in enumerate(_flatten(images)):
@@ -532,7 +538,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
 
         Why: a data pipeline can budget crops (and so cross-attention keys) per sample before decoding anything.
         """
-        budget = self.max_windows if max_windows is None else _positive_int(max_windows, "max_windows")
+        budget = self.max_windows if max_windows is None else _window_budget(max_windows)
         with _image_errors(None):
             opened = self._open(image)
         return plan_tiles(opened.width, opened.height, window_size=self.window_size, max_windows=budget)
@@ -756,6 +762,13 @@ def _pad_resolution(offset: int, short: int, side: int, ws: int, available: int)
     position = offset * candidates / short  # (K,) where the image starts, in canvas rows
     inner = int(candidates[np.argmin(np.abs(position - np.rint(position)))])
     return inner, inner / short
+
+
+def _window_budget(value: Any) -> int:
+    """A window budget: a non-negative int, where 0 means thumbnail only (no windows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"max_windows must be an integer >= 0 (0 = thumbnail only), got {value!r}")
+    return int(value)
 
 
 def _positive_int(value: Any, name: str) -> int:

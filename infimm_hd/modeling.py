@@ -161,6 +161,17 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         layers = decoder_layers(self.language_model)
         return {idx: layers[idx].cross_attn for idx in self.config.cross_attention_layers}
 
+    def set_window_size(self, window_size: int) -> None:
+        """Change the crop size the model takes (stage 1 trains at 224, later stages at 448).
+
+        Resamples the vision tower's position embedding and keeps `config.window_size` and
+        `config.vision_config.image_size` in step with it, so a saved model reloads at the new size. The processor's
+        `image_processor.window_size` must be changed to match.
+        """
+        self.vision_tower.set_image_size(window_size)
+        self.config.vision_config.image_size = window_size
+        self.config.window_size = window_size
+
     # -- vision ---------------------------------------------------------------------------------------------------
     def encode_media(
         self,
@@ -190,8 +201,11 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
                     f"images per prompt from image_sample_index ({torch.as_tensor(image_sample_index).tolist()}) do "
                     f"not match the <image> tokens per prompt ({images_per_prompt.tolist()})"
                 )
-        if (image_grids < 1).any():
-            raise ValueError(f"image_grids must be >= 1 in rows and cols, got {image_grids.tolist()}")
+        thumbnail_only = (image_grids == 0).all(dim=1)  # (I,) grid (0, 0): no windows
+        if not ((image_grids >= 1).all(dim=1) | thumbnail_only).all():
+            raise ValueError(
+                f"image_grids rows and cols must both be >= 1, or both 0 (thumbnail only), got {image_grids.tolist()}"
+            )
         windows = image_grids[:, 0] * image_grids[:, 1]
         if (windows > self.config.max_windows).any():
             worst = int(windows.max())

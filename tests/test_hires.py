@@ -106,8 +106,7 @@ def test_plan_small_images_are_one_window() -> None:
         ((10, 0), "image has zero size: 10x0"),
         ((-3, 10), "image has negative size: -3x10"),
         ((10, 10, 0), "window_size must be >= 1, got 0"),
-        ((10, 10, 448, 0), "max_windows must be >= 1, got 0"),
-        ((10, 10, 448, -2), "max_windows must be >= 1, got -2"),
+        ((10, 10, 448, -2), "max_windows must be >= 0, got -2"),
     ],
 )
 def test_plan_rejects_bad_input(args: tuple[int, ...], message: str) -> None:
@@ -220,7 +219,7 @@ def test_tileplan_helpers() -> None:
         TilePlan.from_dict({**d, "extra": 1})
     with pytest.raises(ValueError, match="missing keys"):
         TilePlan.from_dict({k: v for k, v in d.items() if k != "rows"})
-    with pytest.raises(ValueError, match="rows must be >= 1"):
+    with pytest.raises(ValueError, match="either empty"):
         TilePlan(width=10, height=10, rows=0, cols=1, window_size=448)
     with pytest.raises(AttributeError):
         plan.rows = 5  # type: ignore[misc]
@@ -395,6 +394,18 @@ def test_window_position_embedding_rejects_bad_dim(dim: int) -> None:
         window_position_embedding(2, 2, dim)
 
 
-def test_window_position_embedding_rejects_empty_grid() -> None:
-    with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
+def test_window_position_embedding_rejects_half_empty_grid() -> None:
+    with pytest.raises(ValueError, match="either empty"):
         window_position_embedding(0, 2, 8)
+
+
+@pytest.mark.parametrize(("width", "height"), [(448, 448), (1344, 896), (1, 20000), (5000, 7)])
+def test_thumbnail_only_plan(width: int, height: int) -> None:
+    """max_windows=0 -> the 0x0 plan: one crop (the thumbnail), a zero position row, tile_image gives only it."""
+    plan = plan_tiles(width, height, max_windows=0)
+    assert (plan.rows, plan.cols, plan.num_windows, plan.num_crops, plan.thumbnail_only) == (0, 0, 0, 1, True)
+    assert TilePlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert torch.equal(window_position_embedding(0, 0, 8), torch.zeros(1, 8))
+    if width * height <= 2_000_000:
+        crops = tile_image(Image.new("RGB", (width, height), (10, 20, 30)), plan)
+        assert len(crops) == 1 and crops[0].size == (448, 448)

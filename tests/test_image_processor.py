@@ -109,6 +109,8 @@ def assert_close_to_reference(fast, ref, dct_scaled: bool = False) -> None:
     is_thumb[torch.as_tensor(starts)] = True
     thumbs, windows = diff[is_thumb], diff[~is_thumb]
     assert thumbs.mean() <= 0.3 and thumbs.max() <= 12, (thumbs.mean(), thumbs.max())
+    if not windows.numel():
+        return  # thumbnail-only plans
     if dct_scaled:
         assert windows.mean() <= 0.4 and windows.max() <= 12, (windows.mean(), windows.max())
     else:
@@ -631,3 +633,21 @@ def test_functional_api_is_kept():
     np.testing.assert_allclose(
         normalize(crop)[:, 0, 0].numpy(), ((np.array([1.0, 0, 0]) - CLIP_MEAN) / CLIP_STD), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("astronaut", (3000, 2000)), ("coffee", (300, 1200)), ("rocket", (448, 448))]
+)
+def test_thumbnail_only_matches_reference_and_the_windowed_thumbnail(proc, name, size):
+    """max_windows=0: one crop per image, grid (0, 0), the same thumbnail the windowed plan makes."""
+    data = encode(photo(name, size), "JPEG", quality=92)
+    fast = proc.process(data, max_windows=0)
+    assert fast.image_grids.tolist() == [[0, 0]] and fast.pixel_values.shape[0] == 1
+    assert_close_to_reference(fast, proc.reference_preprocess(data, max_windows=0))
+    windowed = proc.process(data)
+    assert torch.equal(fast.pixel_values[0], windowed.pixel_values[0]), "thumbnail-only must not change the thumbnail"
+
+
+def test_negative_window_budget_is_rejected(proc):
+    with pytest.raises(ValueError, match="max_windows"):
+        proc.process(np.zeros((8, 8, 3), np.uint8), max_windows=-1)

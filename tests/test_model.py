@@ -272,3 +272,42 @@ def test_demo_runs_on_the_tiny_preset(capsys):
     out = capsys.readouterr().out
     assert "2x3 windows + thumbnail = 7 crops" in out
     assert "zero-gate check: max |logits(model) - logits(bare LLM)| = 0.00e+00" in out
+
+
+@torch.no_grad()
+def test_thumbnail_only_images_mix_with_windowed_ones(tiny_with_gates):
+    """Grid (0, 0) = thumbnail only: keys are exactly the tower's thumbnail tokens, and a batch mixing such images
+    with windowed ones gives each prompt the logits it gets alone."""
+    model, processor = tiny_with_gates
+    image = make_image(9, 11)
+    alone = processor(text=[PROMPT], images=[[image]], max_windows=0)
+    assert alone["image_grids"].tolist() == [[0, 0]] and alone["pixel_values"].shape[0] == 1
+    context = model.encode_media(alone["input_ids"], alone["pixel_values"], alone["image_grids"])
+    assert torch.equal(context.media[0], model.vision_tower(alone["pixel_values"])[0])  # zero position embedding
+
+    windowed = processor(text=["<image>other"], images=[[make_image(4, 12)]])
+    mixed = {
+        "input_ids": None,
+        "pixel_values": torch.cat([alone["pixel_values"], windowed["pixel_values"]]),
+        "image_grids": torch.cat([alone["image_grids"], windowed["image_grids"]]),
+    }
+    texts = processor.tokenizer([PROMPT, "<image>other"], padding=True, return_tensors="pt")
+    mixed["input_ids"], mixed["attention_mask"] = texts["input_ids"], texts["attention_mask"]
+    logits = model(**mixed).logits
+    ref = model(**alone).logits
+    n = alone["input_ids"].shape[1]
+    assert torch.allclose(logits[0, -n:], ref[0], atol=1e-5), (logits[0, -n:] - ref[0]).abs().max()
+
+
+def test_set_window_size_round_trips_through_save(tmp_path, tiny):
+    """Stage 1 trains at 224: the tower, config.window_size and the vision config move together and reload."""
+    model, processor = tiny
+    model.set_window_size(224)
+    processor.image_processor.window_size = 224
+    inputs = processor(text=[PROMPT], images=[[make_image(4, 1)]], max_windows=0)
+    assert inputs["pixel_values"].shape[-1] == 224
+    model.save_pretrained(tmp_path)
+    again = infimm_hd.InfiMMHDForConditionalGeneration.from_pretrained(tmp_path)
+    assert again.config.window_size == 224 and again.vision_tower.image_size == 224
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
