@@ -67,8 +67,9 @@ class ImageError(SkipSample):
 def verify_image_bytes(data: bytes) -> EncodedImage:
     """Fully decode `data` with PIL; keep the bytes of JPEG/PNG/WebP sources, re-encode anything else as PNG.
 
-    Decoding every pixel (not just `Image.verify`) is what catches truncated JPEGs. Re-encoding only the formats the
-    sample contract does not allow keeps JPEG sources free of a second lossy pass.
+    Decoding every pixel (not just `Image.verify`) is what catches truncated JPEGs (with PIL's default
+    `ImageFile.LOAD_TRUNCATED_IMAGES = False`, which nothing in this repository changes). Re-encoding only the formats
+    the sample contract does not allow keeps JPEG sources free of a second lossy pass.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:

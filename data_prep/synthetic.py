@@ -39,10 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from .corner_glyphs import CORNERS, DEFAULT_GRIDS, PALETTE, corner_box, preload_photos, render_sample  # noqa: F401
+from .corner_glyphs import CORNERS, DEFAULT_GRIDS, PALETTE, corner_box, preload_photos, render_sample
 from .cot import format_cot
 from .shards import EncodedImage, Log, Sample, build, image_part, make_record, message, text_part
 from .word_problems import word_problem
+
+__all__ = ["CORNERS", "DEFAULT_GRIDS", "PALETTE", "SyntheticOptions", "corner_box", "generate", "render_sample"]
 
 TASKS = ("vqa", "caption", "cot", "prompt", "preference")
 SPLITS = ("train", "heldout")
@@ -97,8 +99,10 @@ class SyntheticOptions:
             problems.append(f"qtype_mix must be {len(QTYPES)} weights >= 0 for {QTYPES}, got {self.qtype_mix}")
         if self.image_format not in ("png", "jpg"):
             problems.append(f"image_format must be png or jpg, got {self.image_format!r}")
-        if min(self.num_images_train, self.num_images_heldout) < 0 or self.word_problems < 0 or self.shard_size < 1:
-            problems.append("image counts and word_problems must be >= 0, shard_size >= 1")
+        if min(self.num_images_train, self.num_images_heldout, self.seed, self.word_problems) < 0:
+            problems.append("image counts, seed and word_problems must be >= 0")
+        if self.shard_size < 1:
+            problems.append(f"shard_size must be >= 1, got {self.shard_size}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -119,7 +123,8 @@ def _streams(seed: int, split: str, kind: int, index: int, n: int) -> list[np.ra
 
 
 def _render_encoded(job: tuple[int, str, int, dict[str, Any], str]) -> tuple[bytes, dict[str, Any]]:
-    """Worker: render image `index` of `split` and encode it (PNG level 1: lossless and ~3x faster than level 6)."""
+    """Worker: render image `index` of `split` and encode it (PNG at zlib level 1: lossless, several times faster
+    than the default level 6 on these canvases for files about a fifth larger)."""
     seed, split, index, render_kwargs, image_format = job
     rng = _streams(seed, split, _IMAGE_STREAM, index, 1 + len(TASKS))[0]
     image, truth = render_sample(rng, **render_kwargs)
