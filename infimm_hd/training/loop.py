@@ -1,0 +1,345 @@
+"""The training loop: one `train()` for every stage, on `accelerate`, resuming exactly.
+
+What runs where is decided by `accelerate launch` and its config (one process, DDP, FSDP): this code only calls the
+Accelerator, so the same stage script runs on a laptop CPU and on a GPU node.
+
+    accelerate launch --num_processes 8 stages/<stage>.py ...             # DDP
+    accelerate launch --config_file fsdp.yaml stages/<stage>.py ...      # FSDP2 (fsdp_version: 2)
+
+Loss normalisation: the objective returns a summed loss and its token count per micro-batch; the loop backpropagates
+the sums, all-reduces the step's token count over micro-batches and ranks, and scales the gradients by
+world_size / tokens (DDP and FSDP average over ranks). So every label token of the optimizer step weighs the same, and
+2 processes x B compute the gradient of 1 process x 2B.
+
+Text-only batches skip the vision tower and the cross-attention. DDP copes (find_unused_parameters, set by
+`make_accelerator`), FSDP2 too (`allow_rank_dependent_unused_parameters`) as long as the vision tower is not an FSDP
+unit of its own (every rank must run the same units: see tests/helpers/accelerate_cpu_fsdp.yaml). A text-only batch
+in a stage where only the cross-attention trains reaches nothing trainable: fine on one process, an error under
+DDP/FSDP (that rank has no backward to join).
+
+Micro-batch shapes (from the batch source, see `BatchSource`):
+    input_ids, attention_mask, labels (B, T); pixel_values (N, 3, S, S); image_grids (I, 2); image_sample_index (I,)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+
+from ..objectives import Objective
+from . import checkpoint as ckpt
+from .config import TrainConfig, config_json, resolved_config
+from .optim import build_optimizer, build_scheduler
+from .progress import ProgressLogger
+from .trainable import trainable_table
+
+
+class BatchSource(Protocol):
+    """An infinite iterator of batches with an exact, JSON-serialisable position (one per rank; it shards itself).
+
+    A batch holds the model inputs, `labels`, and the bookkeeping `num_tokens`, `num_samples` and `stats` (a dict of
+    cumulative skip counters, logged as `data/<name>` summed over ranks).
+    """
+
+    def __next__(self) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class StepTotals:
+    """One optimizer step, summed over micro-batches and ranks."""
+
+    loss: float  # mean loss per label token
+    tokens: int
+    samples: int
+    metrics: dict[str, float] = field(default_factory=dict)  # objective metrics, mean over micro-batches and ranks
+
+
+@dataclass
+class TrainResult:
+    step: int
+    history: list[dict[str, float]]  # the logged steps' metrics, each with its "step"
+    last_checkpoint: Path | None
+    final_dir: Path | None
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The Accelerator `train` builds when given none. find_unused_parameters: a text-only micro-batch leaves the
+    cross-attention blocks unused, which plain DDP treats as an error."""
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed python / numpy / torch (per rank: seed + rank) and, for bit-exact tests, forbid nondeterministic kernels."""
+    set_seed(seed, device_specific=True)
+    if deterministic:
+        if torch.cuda.is_available():
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward: the LLM's layers and blocks (transformers' switch; `activation_...` is the v5
+    name) and the vision tower's blocks. Non-reentrant, so frozen inputs need no requires_grad tricks."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    tower = getattr(model, "vision_tower", None)
+    if tower is not None and hasattr(tower, "set_grad_checkpointing"):
+        tower.set_grad_checkpointing(True)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+NO_GRAD_PATH = (
+    "a micro-batch reached no trainable parameter (e.g. a text-only batch while only the cross-attention trains), "
+    "so this rank has nothing to backpropagate while the others wait in the gradient all-reduce; under DDP/FSDP "
+    "give every batch at least one image in such stages (text-only samples can share a batch with images)"
+)
+
+
+def accumulate_step(
+    model: nn.Module,
+    objective: Objective,
+    batches: Iterator[dict[str, Any]],
+    step: int,
+    accelerator: Accelerator,
+    grad_accumulation: int,
+) -> tuple[StepTotals, dict[str, float]]:
+    """Forward + backward `grad_accumulation` micro-batches, then scale the gradients to the mean over every label
+    token of the step on every rank. Returns the totals and this rank's last data `stats`."""
+    sums: dict[str, float] = {}
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    tokens = samples = 0
+    stats: dict[str, float] = {}
+    for i in range(grad_accumulation):
+        batch = to_device(next(batches), accelerator.device)
+        # Only the last micro-batch synchronises gradients (DDP all-reduce / FSDP reduce-scatter).
+        sync = contextlib.nullcontext() if i == grad_accumulation - 1 else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                out = objective.loss(model, batch, step)
+            if out.loss_sum.requires_grad:
+                accelerator.backward(out.loss_sum)
+            elif accelerator.num_processes > 1:
+                raise RuntimeError(NO_GRAD_PATH)
+            # else: nothing trainable was reached (a text-only batch while only the cross-attention trains); its
+            # tokens still count in the step's mean, as they count in the loss.
+        loss_sum += out.loss_sum.detach().double()
+        tokens += int(out.num_tokens)
+        samples += int(batch.get("num_samples", len(batch["input_ids"])))
+        stats = batch.get("stats", stats)
+        for key, value in out.metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    keys = sorted(sums)
+    local = torch.tensor([float(loss_sum), tokens, samples, *(sums[k] for k in keys)], dtype=torch.float64)
+    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()  # one collective per step
+    total_tokens = int(total[1])
+    # DDP / FSDP averaged the ranks' summed-loss gradients: x world_size / tokens gives the per-token mean.
+    scale = accelerator.num_processes / max(total_tokens, 1)
+    for param in model.parameters():
+        if param.grad is not None:
+            param.grad.mul_(scale)
+    per_call = grad_accumulation * accelerator.num_processes
+    metrics = {k: float(total[3 + i]) / per_call for i, k in enumerate(keys)}
+    loss = float(total[0]) / max(total_tokens, 1)
+    return StepTotals(loss=loss, tokens=total_tokens, samples=int(total[2]), metrics=metrics), stats
+
+
+def allow_rank_dependent_unused_parameters(model: nn.Module) -> None:
+    """FSDP2 counterpart of DDP's find_unused_parameters: a text-only batch leaves a unit's cross-attention without
+    gradients on one rank while another rank has them; zero gradients keep the reduce-scatters matched."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule) and hasattr(module, "set_reduce_scatter_unused_params"):  # newer torch
+            module.set_reduce_scatter_unused_params(True, recurse=False)
+
+
+def _global_stats(accelerator: Accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """Sum each rank's cumulative skip counters (a collective: every rank calls it at the same steps)."""
+    merged: dict[str, float] = {}
+    for rank_stats in gather_object([stats]) if accelerator.num_processes > 1 else [stats]:
+        for key, value in rank_stats.items():
+            merged[f"data/{key}"] = merged.get(f"data/{key}", 0.0) + float(value)
+    return merged
+
+
+def _clip(accelerator: Accelerator, params: list[nn.Parameter], max_norm: float | None) -> float:
+    norm = accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _config_changes(folder: Path, resolved: dict[str, Any]) -> list[str]:
+    saved = ckpt.read_json(folder / "config.json").get("train", {})
+    return [
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in resolved["train"].items()
+        if key != "resume" and saved.get(key) != value
+    ]
+
+
+def train(
+    model: nn.Module,
+    batches: BatchSource,
+    objective: Objective,
+    config: TrainConfig,
+    accelerator: Accelerator | None = None,
+    processor: Any = None,
+    extra_config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `model` (its trainable set already declared, see `trainable.apply_trainable`) for `config.max_steps`
+    optimizer steps, resuming per `config.resume`; returns the logged history and where things were saved.
+
+    `accelerator`: pass one to control its construction (it must have gradient_accumulation_steps=1: the loop
+    accumulates itself); by default `make_accelerator(config)`. `extra_config`: the stage's other settings (dataclasses
+    or dicts), saved with the resolved config. Every rank calls `train` with its own `batches`.
+    """
+    accelerator = accelerator or make_accelerator(config)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise NotImplementedError(
+            "DeepSpeed is not supported by this loop yet: its engine owns accumulation, clipping and the optimizer "
+            "step, so the per-token gradient scaling cannot be applied; use DDP or FSDP"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError("pass an Accelerator with gradient_accumulation_steps=1; set TrainConfig.grad_accumulation")
+    if accelerator.mixed_precision != config.mixed_precision:
+        raise ValueError(
+            f"the Accelerator uses mixed_precision={accelerator.mixed_precision!r} but the config asks for "
+            f"{config.mixed_precision!r}"
+        )
+    if not hasattr(batches, "__next__"):
+        raise TypeError("batches must be an iterator (with state_dict/load_state_dict), not a re-iterable")
+    output_dir, main = Path(config.output_dir), accelerator.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        stale = ckpt.remove_partial(output_dir)
+    accelerator.wait_for_everyone()
+    resume_from = ckpt.resolve_resume(config.resume, output_dir)
+    set_determinism(config.seed, config.deterministic)
+    run = {
+        "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "device": str(accelerator.device),
+        "objective": type(objective).__name__,
+        "resume_from": str(resume_from) if resume_from else None,
+    }
+    resolved = resolved_config(config, run=run, **(extra_config or {}))
+    table = trainable_table(model)
+
+    # Trainable weights go into the plain model before prepare() shards or wraps it.
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if resume_from is not None:
+        ckpt.load_trainable(model, resume_from)
+    model.train()
+    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay, config.betas, config.eps)
+    # Not prepared: accelerate's scheduler wrapper steps once per process, which would stretch the schedule.
+    scheduler = build_scheduler(
+        optimizer, config.warmup_steps, config.max_steps, config.learning_rate, config.min_learning_rate
+    )
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    allow_rank_dependent_unused_parameters(prepared)
+    raw_model, raw_optimizer = accelerator.unwrap_model(prepared), optimizer.optimizer
+    state = ckpt.TrainerState(world_size=accelerator.num_processes)
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(
+            resume_from,
+            accelerator=accelerator,
+            model=raw_model,
+            optimizer=raw_optimizer,
+            scheduler=scheduler,
+            batches=batches,
+            objective=objective,
+        )
+
+    log = ProgressLogger(
+        output_dir,
+        config.max_steps,
+        state.step,
+        enabled=main,
+        log_every=config.log_every,
+        tensorboard=config.tensorboard,
+        wandb=config.wandb,
+        wandb_project=config.wandb_project,
+        config=resolved,
+    )
+    if main:
+        (output_dir / "config.json").write_text(config_json(resolved))
+        log.print("resolved config:\n" + config_json(resolved) + "trainable parameters:\n" + table)
+        for folder in stale:
+            log.print(f"removed the partial checkpoint {folder} (a run was killed while writing it)")
+    if resume_from is not None:
+        log.print(f"resumed from {resume_from} at step {state.step}")
+        for change in _config_changes(resume_from, resolved) if main else []:
+            log.print(f"config changed since the checkpoint: {change}")
+        log.event("resume", from_step=state.step, checkpoint=str(resume_from))
+    else:
+        log.event("start", max_steps=config.max_steps)
+
+    params = [p for p in prepared.parameters() if p.requires_grad]
+    history: list[dict[str, float]] = []
+    last = resume_from
+    while state.step < config.max_steps:
+        lr = scheduler.get_last_lr()[0]
+        totals, stats = accumulate_step(prepared, objective, batches, state.step, accelerator, config.grad_accumulation)
+        grad_norm = _clip(accelerator, params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.samples_seen += totals.samples
+        state.tokens_seen += totals.tokens
+
+        metrics = {"loss": totals.loss, "lr": lr, "grad_norm": grad_norm} | {
+            f"objective/{k}": v for k, v in totals.metrics.items()
+        }
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            metrics |= _global_stats(accelerator, stats)
+            history.append({"step": state.step, **metrics})
+        log.step(state.step, metrics, totals.samples, totals.tokens)
+
+        if state.step % config.save_every == 0 or state.step == config.max_steps:
+            last = ckpt.save_checkpoint(
+                output_dir,
+                state,
+                accelerator=accelerator,
+                model=raw_model,
+                optimizer=raw_optimizer,
+                scheduler=scheduler,
+                batches=batches,
+                objective=objective,
+                config=resolved,
+            )
+            if main:
+                ckpt.prune(output_dir, config.keep_last)
+            log.event("checkpoint", step=state.step, path=str(last))
+            log.flush()
+
+    final = ckpt.save_final(
+        raw_model, output_dir / "final", accelerator, trained_only=config.final_trained_only, processor=processor
+    )
+    log.event("end", step=state.step, final=str(final))
+    log.print(f"done at step {state.step}: {json.dumps(history[-1]) if history else ''} -> {final}")
+    log.close()
+    return TrainResult(step=state.step, history=history, last_checkpoint=last, final_dir=final)
