@@ -6,6 +6,16 @@ tokens of the whole optimizer step (all micro-batches, all ranks) and a 2-proces
 """
 
 from .base import MODEL_INPUT_KEYS, Objective, ObjectiveOutput, model_inputs
+from .registry import build_objective, objective_names
 from .sft import SFTObjective, next_token_loss_sum
 
-__all__ = ["MODEL_INPUT_KEYS", "Objective", "ObjectiveOutput", "SFTObjective", "model_inputs", "next_token_loss_sum"]
+__all__ = [
+    "MODEL_INPUT_KEYS",
+    "Objective",
+    "ObjectiveOutput",
+    "SFTObjective",
+    "build_objective",
+    "model_inputs",
+    "next_token_loss_sum",
+    "objective_names",
+]

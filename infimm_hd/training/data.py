@@ -163,7 +163,9 @@ class StreamingLoader:
         stats (dict[str, int])              `STAT_KEYS` counters of this rank up to this batch, plus "batches"
         keys (list[str]), epoch (int)       the samples' webdataset keys and the delivering worker's epoch
 
-    One iterator at a time: `iter()` again continues from the current position with fresh workers.
+    One iterator at a time: `iter()` again continues from the current position with fresh workers. `next(loader)`
+    works on the loader itself (starting its workers on the first call), so the loader is the batch source the
+    training loop takes: an iterator with `state_dict`/`load_state_dict`.
     """
 
     def __init__(self, config: LoaderConfig, processor: InfiMMHDProcessor, rank: int = 0, world_size: int = 1):
@@ -176,6 +178,12 @@ class StreamingLoader:
         self._workers = max(config.num_workers, 1)  # 0 workers = one reader in this process
         self._batches = 0
         self._positions = [WorkerPosition() for _ in range(self._workers)]
+        self._iterator: Iterator[dict[str, Any]] | None = None
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._iterator = iter(self)
+        return next(self._iterator)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         cfg = self.config
@@ -247,6 +255,7 @@ class StreamingLoader:
         if len(workers) != self._workers or [w.delivered for w in workers] != expected:
             raise ValueError(f"inconsistent loader state: {batches} batches but per-worker counts {workers}")
         self._batches, self._positions = batches, workers
+        self._iterator = None  # the next `next()` starts workers at the restored position
 
     def _order_settings(self) -> dict[str, Any]:
         """The settings that decide which samples land in which batch (max_windows does not: it can change)."""
