@@ -69,6 +69,7 @@ PAPER = {
 }
 # Laptop scale: random new parameters on a small model learn at higher rates, for a few hundred steps.
 SMALL = {
+    0: Hyperparameters(3e-3, 3e-4, 150, 10, 16, 1, 768),  # the demo's base-LLM text stage (tiny preset only)
     1: Hyperparameters(1e-3, 1e-4, 200, 20, 8, 1, 384, betas=(0.9, 0.95), eps=1e-8),
     2: Hyperparameters(1e-3, 1e-4, 200, 20, 8, 1, 384),
     3: Hyperparameters(1e-3, 1e-4, 300, 30, 8, 1, 384),
@@ -78,7 +79,10 @@ SMALL = {
 
 def hyperparameters(preset: str, stage: int) -> Hyperparameters:
     """The default hyperparameters of `stage` for `preset`: the paper's for `paper-13b`, small ones otherwise."""
-    return (PAPER if preset == "paper-13b" else SMALL)[stage]
+    table = PAPER if preset == "paper-13b" else SMALL
+    if stage not in table:
+        raise ValueError(f"no default hyperparameters for stage {stage} with preset {preset!r}")
+    return table[stage]
 
 
 def build_parser(spec: StageSpec, doc: str) -> argparse.ArgumentParser:
