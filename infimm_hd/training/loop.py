@@ -80,11 +80,38 @@ class TrainResult:
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The Accelerator `train` builds when given none. find_unused_parameters: a text-only micro-batch leaves the
-    cross-attention blocks unused, which plain DDP treats as an error."""
-    return Accelerator(
+    cross-attention blocks unused, which plain DDP treats as an error. An FSDP launch on CPU processes gets FSDP
+    (see `activate_fsdp_on_cpu`)."""
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    activate_fsdp_on_cpu(accelerator)
+    return accelerator
+
+
+def activate_fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Make an `accelerate launch` FSDP configuration take effect on CPU processes (gloo).
+
+    accelerate 1.15 turns `--use_fsdp` / `distributed_type: FSDP` into FSDP only on accelerators: `AcceleratorState`
+    switches `distributed_type` to FSDP for MULTI_GPU / NPU / XPU / ... but not for MULTI_CPU, so on CPU the same
+    launch silently runs DDP. torch's FSDP2 (`fully_shard`) works on CPU with gloo, so the FSDP plugin accelerate
+    already parsed from the launch environment becomes the active one here and `accelerator.prepare` then takes its
+    real FSDP2 path. Nothing changes on GPUs or without an FSDP launch.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return  # on accelerators accelerate already did it
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* from the launcher's environment
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:

@@ -14,7 +14,6 @@ its own share of the global batch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,27 +27,6 @@ from infimm_hd.training.config import TrainConfig  # noqa: E402
 from infimm_hd.training.loop import make_accelerator, train  # noqa: E402
 from infimm_hd.training.trainable import TrainableSpec, apply_trainable  # noqa: E402
 from tests.helpers.standin_batches import StandInBatches  # noqa: E402
-
-
-def enable_fsdp_on_cpu(accelerator) -> None:
-    """accelerate 1.15 turns `accelerate launch --use_fsdp` into FSDP only on accelerators: `AcceleratorState`
-    switches `distributed_type` to FSDP for MULTI_GPU / NPU / XPU / ... but not for MULTI_CPU, so on CPU the same
-    launch silently runs DDP. torch's FSDP2 (`fully_shard`) itself works on CPU with gloo, so this test helper (never
-    the library) finishes what accelerate skipped: the FSDP plugin it already parsed from the launch environment
-    becomes the active one, and `accelerator.prepare` then takes its real FSDP2 path."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-        return
-    if accelerator.distributed_type != DistributedType.MULTI_CPU:
-        return  # on GPUs accelerate already did it
-    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* from the launcher's environment
-    if accelerator.mixed_precision != "no":
-        plugin.set_mixed_precision(accelerator.mixed_precision)
-    accelerator.state.fsdp_plugin = plugin
-    accelerator.state.distributed_type = DistributedType.FSDP
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def pause_saves_after(step: int, seconds: float) -> None:
@@ -95,7 +73,6 @@ def main() -> None:
         tensorboard=False,
     )
     accelerator = make_accelerator(config)
-    enable_fsdp_on_cpu(accelerator)
     model, processor = infimm_hd.build_model("tiny", seed=0)
     apply_trainable(model, TrainableSpec(cross_attention=True, embeddings=True))
     batches = StandInBatches(
