@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m infimm_hd.demo
+	$(BIN)/python -m stages.demo
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -142,6 +142,18 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         for idx in config.cross_attention_layers:
             layers[idx] = CrossAttentionDecoderLayer(layers[idx], GatedCrossAttentionBlock(block_cfg), idx)
         self.post_init()
+        self._stop_at_end_of_chunk()
+
+    def _stop_at_end_of_chunk(self) -> None:
+        """Make `generate` stop at `<|endofchunk|>` as well as at the LLM's EOS: the paper's template ends every
+        answer with it ("<|endofchunk|> replaces EOS"), and a chat template that ends turns with EOS is unaffected."""
+        eoc = self.config.end_of_chunk_token_id
+        if eoc is None or self.generation_config is None:
+            return
+        eos = self.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if eoc not in eos:
+            self.generation_config.eos_token_id = eos + [eoc]
 
     # -- Hugging Face plumbing -------------------------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:

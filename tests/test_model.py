@@ -311,3 +311,15 @@ def test_set_window_size_round_trips_through_save(tmp_path, tiny):
     assert again.config.window_size == 224 and again.vision_tower.image_size == 224
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+
+
+@torch.no_grad()
+def test_generation_stops_at_end_of_chunk(tiny):
+    """The paper's template ends answers with <|endofchunk|>: generate must stop there, as at the LLM's EOS."""
+    model, processor = tiny
+    eoc = model.config.end_of_chunk_token_id
+    model.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(model.config.text_config.vocab_size))
+    model.get_output_embeddings().bias[eoc] = 1e4  # every step's argmax is <|endofchunk|>
+    inputs = processor(text=[PROMPT], images=[[make_image(1, 0)]])
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 1 and out[0, -1] == eoc
