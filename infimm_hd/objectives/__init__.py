@@ -6,16 +6,21 @@ tokens of the whole optimizer step (all micro-batches, all ranks) and a 2-proces
 """
 
 from .base import MODEL_INPUT_KEYS, Objective, ObjectiveOutput, model_inputs
+from .masked_thought import MaskedThoughtObjective, add_mask_token, mask_thoughts, ramp_p
 from .registry import build_objective, objective_names
 from .sft import SFTObjective, next_token_loss_sum
 
 __all__ = [
     "MODEL_INPUT_KEYS",
+    "MaskedThoughtObjective",
     "Objective",
     "ObjectiveOutput",
     "SFTObjective",
+    "add_mask_token",
     "build_objective",
+    "mask_thoughts",
     "model_inputs",
     "next_token_loss_sum",
     "objective_names",
+    "ramp_p",
 ]

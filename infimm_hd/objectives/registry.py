@@ -6,9 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Objective
+from .masked_thought import MaskedThoughtObjective
 from .sft import SFTObjective
 
-_REGISTRY: dict[str, Callable[..., Objective]] = {"sft": SFTObjective}
+_REGISTRY: dict[str, Callable[..., Objective]] = {"sft": SFTObjective, "masked-thought": MaskedThoughtObjective}
 
 
 def objective_names() -> list[str]:
