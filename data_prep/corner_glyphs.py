@@ -149,6 +149,36 @@ def draw_glyph(
     ink[glyph_mask(digit, glyph_scale)] = PALETTE[colour]
 
 
+PATTERNS = ("horizontal", "vertical", "checkered", "plain")
+PATTERN_SIDE = 224  # px: the patterned square, centred in one window, far from the corner plates
+
+
+def draw_pattern(canvas: np.ndarray, box: tuple[int, int, int, int], kind: str, rng: np.random.Generator) -> None:
+    """Fill `box` of (H, W, 3) uint8 `canvas` with a 1-px two-colour pattern (`kind` in `PATTERNS`), in place.
+
+    Every kind has the same mean colour ("plain" is that mean), so once a 3x antialiased downsample has removed the
+    2-px period, the thumbnail shows the same flat square for all four: only a full-resolution window can tell them
+    apart. That is the paper's claim in its simplest form, and unlike a 5x7 digit the evidence covers a whole
+    224 px square, so a small model learns to read it in minutes.
+    """
+    left, top, right, bottom = box
+    a = rng.integers(0, 128, size=3)
+    b = a + 128  # the two colours are 128 levels apart in every channel; their mean is a + 64
+    ys, xs = np.mgrid[top:bottom, left:right]
+    if kind == "horizontal":
+        on = ys % 2 == 0
+    elif kind == "vertical":
+        on = xs % 2 == 0
+    elif kind == "checkered":
+        on = (xs + ys) % 2 == 0
+    elif kind == "plain":
+        canvas[top:bottom, left:right] = (a + 64).astype(np.uint8)
+        return
+    else:
+        raise ValueError(f"unknown pattern {kind!r}; expected one of {PATTERNS}")
+    canvas[top:bottom, left:right] = np.where(on[..., None], a, b).astype(np.uint8)
+
+
 def render_sample(
     rng: np.random.Generator,
     *,
@@ -159,8 +189,13 @@ def render_sample(
     photo_fraction: float = 0.5,
     min_corners: int = 1,
     max_corners: int = 4,
+    pattern: bool = False,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """One canvas and its ground truth, everything drawn from `rng`.
+
+    With `pattern`, a `PATTERN_SIDE` square of a fine pattern (`draw_pattern`) is drawn centred in a random window,
+    after everything else (so the rest of the image is the same as without it); truth["pattern"] = {"kind",
+    "window": [row, col], "box": [left, top, right, bottom]}.
 
     Truth: {"width", "height", "grid": [rows, cols], "background": "gradient"|"photo", "photo": name | None,
     "corners": {corner: {"digit": int, "colour": str, "plate": str}}} with the corners in `CORNERS` order.
@@ -179,6 +214,14 @@ def render_sample(
         digit, colour = int(rng.integers(10)), list(PALETTE)[int(rng.integers(len(PALETTE)))]
         draw_glyph(canvas, CORNERS[index], digit, colour, glyph_scale, margin, plate_margin)
         corners[CORNERS[index]] = {"digit": digit, "colour": colour, "plate": plate_for(colour)}
+    drawn = None
+    if pattern:
+        row, col = int(rng.integers(rows)), int(rng.integers(cols))
+        kind = PATTERNS[int(rng.integers(len(PATTERNS)))]
+        left, top = col * WINDOW + (WINDOW - PATTERN_SIDE) // 2, row * WINDOW + (WINDOW - PATTERN_SIDE) // 2
+        box = (left, top, left + PATTERN_SIDE, top + PATTERN_SIDE)
+        draw_pattern(canvas, box, kind, rng)
+        drawn = {"kind": kind, "window": [row, col], "box": list(box)}
     truth = {
         "width": width,
         "height": height,
@@ -187,4 +230,6 @@ def render_sample(
         "photo": photo,
         "corners": corners,
     }
+    if drawn is not None:
+        truth["pattern"] = drawn
     return Image.fromarray(canvas), truth

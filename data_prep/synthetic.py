@@ -48,10 +48,11 @@ __all__ = ["CORNERS", "DEFAULT_GRIDS", "PALETTE", "SyntheticOptions", "corner_bo
 
 TASKS = ("vqa", "caption", "cot", "prompt", "preference")
 SPLITS = ("train", "heldout")
-QTYPES = ("digit", "colour", "count")
+QTYPES = ("digit", "colour", "count", "pattern")
 DIGIT_QUESTION = "What digit is in the {corner} corner?"
 COLOUR_QUESTION = "What colour is the digit in the {corner} corner?"
 COUNT_QUESTION = "How many corners have a digit?"
+PATTERN_QUESTION = "What pattern fills the square?"  # horizontal | vertical | checkered | plain (needs --pattern)
 CAPTION_PROMPT = "Describe the image briefly."
 _IMAGE_STREAM, _WORD_STREAM = 0, 1  # the `kind` in a seed: images and word problems never share a stream
 
@@ -71,7 +72,8 @@ class SyntheticOptions:
     min_corners: int = 1
     max_corners: int = 4
     photo_fraction: float = 0.5
-    qtype_mix: tuple[float, float, float] = (0.7, 0.15, 0.15)  # digit, colour, count
+    qtype_mix: tuple[float, ...] = (0.7, 0.15, 0.15, 0.0)  # digit, colour, count, pattern
+    pattern: bool = False  # draw a fine-pattern square in every image (`corner_glyphs.draw_pattern`)
     word_problems: float = 1.0  # text-only cot problems per image
     image_format: str = "png"
     shard_size: int = 500
@@ -80,7 +82,8 @@ class SyntheticOptions:
         unknown = [t for t in self.tasks if t not in TASKS]
         object.__setattr__(self, "tasks", tuple(t for t in TASKS if t in self.tasks) + tuple(unknown))
         object.__setattr__(self, "grids", tuple((int(r), int(c)) for r, c in self.grids))
-        object.__setattr__(self, "qtype_mix", tuple(float(w) for w in self.qtype_mix))
+        mix = tuple(float(w) for w in self.qtype_mix)
+        object.__setattr__(self, "qtype_mix", mix + (0.0,) if len(mix) == len(QTYPES) - 1 else mix)
         problems = []
         if not self.tasks or any(t not in TASKS for t in self.tasks):
             problems.append(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
@@ -97,6 +100,8 @@ class SyntheticOptions:
             problems.append(f"photo_fraction must be in [0, 1], got {self.photo_fraction}")
         if len(self.qtype_mix) != len(QTYPES) or min(self.qtype_mix) < 0 or sum(self.qtype_mix) <= 0:
             problems.append(f"qtype_mix must be {len(QTYPES)} weights >= 0 for {QTYPES}, got {self.qtype_mix}")
+        if len(self.qtype_mix) == len(QTYPES) and self.qtype_mix[QTYPES.index("pattern")] > 0 and not self.pattern:
+            problems.append("pattern questions (qtype_mix weight > 0) need pattern=True (--pattern)")
         if self.image_format not in ("png", "jpg"):
             problems.append(f"image_format must be png or jpg, got {self.image_format!r}")
         if min(self.num_images_train, self.num_images_heldout, self.seed, self.word_problems) < 0:
@@ -108,6 +113,7 @@ class SyntheticOptions:
 
     def render_kwargs(self) -> dict[str, Any]:
         keys = ("grids", "glyph_scale", "margin", "plate_margin", "photo_fraction", "min_corners", "max_corners")
+        keys += ("pattern",)
         return {k: getattr(self, k) for k in keys}
 
     def arguments(self) -> dict[str, Any]:
@@ -158,6 +164,8 @@ def vqa_question(truth: dict[str, Any], rng: np.random.Generator, mix: Sequence[
         return qtype, DIGIT_QUESTION.format(corner=corner), str(glyph["digit"]), corner
     if qtype == "colour":
         return qtype, COLOUR_QUESTION.format(corner=corner), glyph["colour"], corner
+    if qtype == "pattern":
+        return qtype, PATTERN_QUESTION, truth["pattern"]["kind"], ""
     return qtype, COUNT_QUESTION, str(len(corners)), ""
 
 
@@ -204,7 +212,7 @@ def image_records(
             messages = [user(question), message("assistant", text_part(format_cot(reasoning, final)))]
             yield task, make_record(record_id, task, messages, final, meta={**base, "qtype": qtype})
         else:  # "prompt" and "preference": the digit question
-            _, question, answer, corner = vqa_question(truth, rng, (1.0, 0.0, 0.0))
+            _, question, answer, corner = vqa_question(truth, rng, (1.0, 0.0, 0.0, 0.0))
             meta = {**base, "qtype": "digit", "corner": corner}
             if task == "prompt":
                 yield task, make_record(record_id, task, [user(question)], answer, meta=meta)
@@ -312,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plate-margin", type=int, default=d.plate_margin, help="plate border around the glyph, px")
     parser.add_argument("--corners", nargs=2, type=int, default=[d.min_corners, d.max_corners], metavar=("MIN", "MAX"))
     parser.add_argument("--photo-fraction", type=float, default=d.photo_fraction)
-    parser.add_argument("--qtype-mix", nargs=3, type=float, default=list(d.qtype_mix), metavar=QTYPES)
+    parser.add_argument("--qtype-mix", nargs="+", type=float, default=list(d.qtype_mix), help=f"weights of {QTYPES}")
+    parser.add_argument("--pattern", action="store_true", help="draw a fine-pattern square in every image")
     parser.add_argument("--word-problems", type=float, default=d.word_problems, help="text-only cot problems/image")
     parser.add_argument("--image-format", choices=["png", "jpg"], default=d.image_format, help="jpg smears 1px glyphs")
     parser.add_argument("--shard-size", type=int, default=d.shard_size, help="max samples per shard")
@@ -333,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             max_corners=args.corners[1],
             photo_fraction=args.photo_fraction,
             qtype_mix=tuple(args.qtype_mix),
+            pattern=args.pattern,
             word_problems=args.word_problems,
             image_format=args.image_format,
             shard_size=args.shard_size,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infimm_hd.objectives import build_objective, objective_names
+from infimm_hd.objectives import add_mask_token, build_objective, objective_names
 from infimm_hd.training.config import TrainConfig
 from infimm_hd.training.data import LoaderConfig, StreamingLoader
 from infimm_hd.training.loop import make_accelerator, train
@@ -197,11 +197,15 @@ def run_stage(spec: StageSpec, argv: list[str] | None, doc: str) -> Path:
     args = build_parser(spec, doc).parse_args(argv)
     hp = hyperparameters(args.preset, spec.number)
     config = train_config(spec, args, hp)
-    objective = build_objective(args.objective, **parse_options(args.objective_option))
+    options = parse_options(args.objective_option)
     accelerator = make_accelerator(config)
 
     model, processor = load_start(spec, args)
+    if args.objective == "masked-thought" and options.get("replacement") == "mask":
+        add_mask_token(model, processor.tokenizer)  # a new row, before the trainable set is declared
     prepare_model(spec, model, processor)
+    run = {"max_steps": config.max_steps, "tokenizer": processor.tokenizer}
+    objective = build_objective(args.objective, run=run, **options)
     print(f"stage {spec.number} ({spec.name}): declared {spec.trainable}\n{trainable_table(model)}", flush=True)
     check_trainable(model, spec.trainable)  # fails the run if the model trains anything but the declaration
 

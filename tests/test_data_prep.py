@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 from skimage import data as skdata
@@ -474,3 +475,36 @@ def test_thumbnail_loses_most_of_the_glyph_windows_keep_all_of_it():
     window, thumbnail = right["window"] / total, right["thumbnail"] / total
     assert window == 1.0, f"full resolution should read every glyph, read {window:.0%}"
     assert thumbnail < 0.6, f"the thumbnail should lose most of the glyph, still read {thumbnail:.0%} (window 100%)"
+
+
+def test_fine_patterns_vanish_from_the_thumbnail_and_stay_in_the_window():
+    """The four pattern kinds share one mean colour: after the image processor's 3x antialiased thumbnail their
+    squares are flat (per-channel std ~1 of 255 levels, measured) and of the same colour, while in the window the
+    2-px, 128-level pattern is intact (an independent pixel check)."""
+    from data_prep.corner_glyphs import PATTERN_SIDE, PATTERNS
+    from infimm_hd.image_processing import InfiMMHDImageProcessor
+
+    processor = InfiMMHDImageProcessor()
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(12):
+        image, truth = render_sample(rng, grids=[(3, 3)], pattern=True, photo_fraction=0.0)
+        kind, (row, col), box = truth["pattern"]["kind"], truth["pattern"]["window"], truth["pattern"]["box"]
+        seen.add(kind)
+        out = processor.process([image], max_windows=9)
+        levels = out.pixel_values * torch.tensor(processor.image_std).view(3, 1, 1) * 255
+        levels = levels + torch.tensor(processor.image_mean).view(3, 1, 1) * 255  # back to 0..255
+        window = levels[1 + row * 3 + col]  # (3, 448, 448)
+        inner = slice((448 - PATTERN_SIDE) // 2 + 8, (448 + PATTERN_SIDE) // 2 - 8)
+        full = window[:, inner, inner]
+        left, top = box[0] // 3 + 4, box[1] // 3 + 4
+        thumb = levels[0][:, top : top + PATTERN_SIDE // 3 - 8, left : left + PATTERN_SIDE // 3 - 8]
+        full_std, thumb_std = full.std(dim=(1, 2)).max(), thumb.std(dim=(1, 2)).max()  # per channel
+        if kind == "plain":
+            assert full_std < 1.0
+        else:
+            assert full_std > 50, f"{kind}: the window must keep the 128-level pattern, std {full_std:.1f}"
+        assert thumb_std < 2.0, f"{kind}: the thumbnail must smooth the pattern away, std {thumb_std:.1f}"
+        mean = full.mean(dim=(1, 2))
+        torch.testing.assert_close(thumb.mean(dim=(1, 2)), mean, atol=3.0, rtol=0)  # same flat colour
+    assert seen == set(PATTERNS)
