@@ -91,7 +91,9 @@ def stage_args(number: int, out: Path, preset: str, budget: Budget, init: Path |
     argv = ["--preset", preset, "--data", str(out / "data"), "--output", str(out / f"stage{number}")]
     argv += ["--max-steps", str(budget.steps[number]), "--batch-size", str(budget.batch_size)]
     argv += ["--num-workers", str(budget.num_workers), "--save-every", "50", "--log-every", "10", "--resume", "none"]
-    if number == 4:  # the digit-reading instruction data only: CoT (issue 5's objectives) is long in byte tokens
+    if number >= 2:
+        # After stage 1's captions, the VQA records only: at this scale the tiny byte-level LM given long captions
+        # and CoT (the stages' full mixes) learns to babble them, which costs more than it teaches in minutes.
         argv += ["--shards", str(out / "data" / "vqa" / "train-*.tar")]
     return argv + (["--init", str(init)] if init is not None else [])
 
