@@ -53,7 +53,7 @@ def evaluate_vqa(
     shards: Sequence[str],
     max_windows: int,
     batch_size: int = 16,
-    max_new_tokens: int = 6,
+    max_new_tokens: int = 16,
     limit: int | None = None,
     tasks: Sequence[str] = ("vqa",),
     keep_examples: int = 0,
