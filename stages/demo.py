@@ -47,7 +47,7 @@ from stages.common import StageSpec, run_stage
 
 STAGES = (stage1_pretrain, stage2_continued_pretraining, stage3_dynamic_resolution, stage4_instruction_tuning)
 GRIDS = ((3, 3), (2, 3), (3, 2), (1, 3), (3, 1))  # long side 1344 px: the thumbnail is a 3x downsample
-QTYPE_MIX = (0.5, 0.0, 0.0, 0.5)  # digit and fine-pattern questions (data_prep.synthetic.QTYPES)
+QTYPE_MIX = (0.3, 0.0, 0.0, 0.7)  # digit and fine-pattern questions (data_prep.synthetic.QTYPES)
 READ = ("pattern", "digit")  # the question types whose answers need the windows
 BASE_LLM = StageSpec(
     number=0,
@@ -65,7 +65,13 @@ class Budget:
 
     images_train: int = 1500
     images_heldout: int = 200
-    steps: tuple[int, ...] = (150, 100, 150, 300, 200)
+    steps: tuple[int, ...] = (400, 100, 150, 400, 200)
+    # Peak learning rates: the new fusion blocks start at gate 0 and learn from ~1e-4 gradients, so stages 0-3 use
+    # 3e-3; stage 4 also trains the LLM and keeps the gentler default.
+    learning_rates: tuple[float, ...] = (3e-3, 3e-3, 3e-3, 3e-3, 3e-4)
+    # float32: the tiny model is cheap, and bf16 rounding of the fusion blocks' first, tiny contributions is the
+    # suspected cause of the bf16 runs that did not move (the float32 ones did).
+    mixed_precision: str = "no"
     batch_size: int = 8
     num_workers: int = 2
     eval_limit: int = 200
@@ -95,6 +101,7 @@ def write_text_shards(data: Path) -> None:
 def stage_args(number: int, out: Path, preset: str, budget: Budget, init: Path | None) -> list[str]:
     argv = ["--preset", preset, "--data", str(out / "data"), "--output", str(out / f"stage{number}")]
     argv += ["--max-steps", str(budget.steps[number]), "--batch-size", str(budget.batch_size)]
+    argv += ["--learning-rate", str(budget.learning_rates[number]), "--mixed-precision", budget.mixed_precision]
     argv += ["--num-workers", str(budget.num_workers), "--save-every", "50", "--log-every", "10", "--resume", "none"]
     if number >= 2:
         # After stage 1's captions, the VQA records only: at this scale the tiny byte-level LM given long captions
