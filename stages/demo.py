@@ -1,6 +1,6 @@
 """The embedded default: synthetic high-resolution data, the four stages, evaluation, one real photo (CPU, offline).
 
-    python -m stages.demo                 # about 8 minutes on a 2-core CPU (the README's `make demo`)
+    python -m stages.demo                 # about 12 minutes on a 2-core CPU (the README's `make demo`)
     python -m stages.demo --quick         # a 2-minute smoke run of the same pipeline
 
 1. `data_prep.synthetic` writes corner-digit canvases (1344 px on the long side; 5x7 px digits that the 448 px
@@ -14,12 +14,10 @@
    1344x896, with a small digit drawn in a corner, as the paper's augmentation does) is asked about.
 Writes `OUT/results.json`, `OUT/results.md` (the table) and `OUT/stage*/loss.png`.
 
-Status (measured 2026-11-25, 7.8 min): the pipeline runs end to end, but at this budget the tiny byte-level model
-collapses to one answer per question type (digits 7%, patterns 0-34%, equal with and without windows): it does not
-yet show the windows' advantage. See the issue notes for what was tried.
-
-The model is the `tiny` preset (random 8-layer Llama + 2-layer ViT): `smollm2-135m` trains ~30x slower per sample
-on this CPU, too slow for four stages in 15 minutes; `--preset smollm2-135m` runs the same pipeline with it.
+Status (measured 2026-11-25, 11.7 min beside another CPU-heavy job): the pipeline runs end to end, but the model
+collapses to one answer per question type (patterns 32% with and without windows, digits 6%; chance 25% / 10%), so
+the windows' advantage is not shown yet. Stage 3 alone, started from the base-LLM stage, did read patterns better with
+windows than without (49% vs 34%, same model and questions). See the issue notes for what was tried.
 """
 
 from __future__ import annotations
