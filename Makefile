@@ -32,6 +32,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_decode_crops.py
 	$(BIN)/python benchmarks/bench_vs_mllama.py
 	$(BIN)/python benchmarks/bench_train_step_vs_llava.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_stage3_memory.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_loader_vs_step.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_mfu_stage4.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
