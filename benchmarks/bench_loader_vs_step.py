@@ -66,7 +66,7 @@ def loader_run(loader, batches: int) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer images, batches and reps (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer images, batches and reps (~35 s)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per batch on both sides (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes (stage default 2)")
     parser.add_argument("--images", type=int, default=None, help="synthetic training images (default 192)")

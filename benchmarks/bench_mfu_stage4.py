@@ -201,30 +201,36 @@ class Step:
 
 
 def profile_step(step: Step, batch: dict, rows: int) -> None:
-    """One step under torch.profiler: the top ops by self time, and the time split into a few kinds."""
+    """Forward + backward of one step under torch.profiler (the optimizer has its own column above): the top ops by
+    self time, and the time split into a few kinds."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step.run(batch)
-    events = prof.key_averages()
-    print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
-    kinds = {
-        "matmul (mm/addmm/bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
-        "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
-        "attention backward": ("aten::_scaled_dot_product_flash_attention_for_cpu_backward",),
-        "dtype casts (copy_)": ("aten::copy_",),
-    }
-    total = sum(e.self_cpu_time_total for e in events)
-    optimizer = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step"))
-    split = {k: sum(e.self_cpu_time_total for e in events if e.key in names) for k, names in kinds.items()}
-    split["optimizer step (all its ops)"] = optimizer
-    split["everything else"] = total - sum(split.values())
-    print("time split: " + ", ".join(f"{k} {v / total * 100:.0f}%" for k, v in split.items()))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step.loss(batch).backward()
+    step.model.zero_grad(set_to_none=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+    vocab = step.model.config.text_config.vocab_size
+    sdpa = "aten::_scaled_dot_product_flash_attention_for_cpu"
+
+    def kind(event) -> str:
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            return "matmuls"
+        if event.key in (sdpa, sdpa + "_backward"):
+            return "attention kernels (fwd + bwd)"
+        if any(isinstance(shape, list) and vocab in shape for shape in event.input_shapes):
+            return "other ops on the (B, T, vocab) logits"
+        return "dtype casts (copy_)" if event.key == "aten::copy_" else "everything else"
+
+    split: dict[str, float] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        split[kind(event)] = split.get(kind(event), 0.0) + event.self_cpu_time_total
+    total = sum(split.values())
+    print("forward + backward time: " + ", ".join(f"{k} {v / total * 100:.0f}%" for k, v in split.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="batch 2, 1 rep, no variants, no profile (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="batch 2, 1 rep, no variants, no profile (~30 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="conversations per step (default 8)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per conversation (default 256)")
     parser.add_argument("--reps", type=int, default=None, help="timed steps per recipe (default 3)")
@@ -278,7 +284,8 @@ def main() -> None:
         f"FlopCounterMode: {counted / 1e12:.3f} T vs analytic counted as executed (padding, full attention "
         f"square) {executed / 1e12:.3f} T ({counted / executed:.3f}x)"
     )
-    print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s (4096^3, best of 5, {torch.get_num_threads()} threads)")
+    threads = torch.get_num_threads()
+    print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s (4096^3, best of 5 before + 5 after, {threads} threads)")
     print(f"{'recipe':<28} {'s/step':>7} {'fwd':>6} {'bwd':>6} {'optim':>6} {'TFLOP/s':>8} {'MFU':>6}")
     for recipe, ts in times.items():
         phases = [median(p) for p in zip(*steps[recipe].phases[1:], strict=True)]  # the first was the warm-up
