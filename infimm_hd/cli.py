@@ -1,6 +1,10 @@
 """`infimm-hd` command line: one subcommand per job, each with its own `--help`.
 
-infimm-hd demo [--preset tiny]                 the embedded default run (offline, CPU)
+infimm-hd ask --model DIR --image PATH "question"   answer a question about an image
+infimm-hd chat --model DIR --image PATH            interactive chat about one image (streaming)
+infimm-hd serve --model DIR                        OpenAI-compatible HTTP server on 127.0.0.1
+infimm-hd show-tiles IMAGE -o tiles.png            the tiling grid drawn over an image
+infimm-hd demo [--quick]                           the embedded default run (offline, CPU)
 infimm-hd convert-official SRC DST             the published InfiMM-HD checkpoint -> this package's format
 infimm-hd plan WIDTH HEIGHT [--max-windows 9]  the tiling plan of an image size, as JSON
 """
@@ -49,7 +53,33 @@ def _convert(argv: list[str]) -> int:
     return convert_main(argv)
 
 
+# name -> (handler, one-line help). Handlers import their module only when run, so `infimm-hd --help` stays fast and
+# a subcommand whose extra (serve, train) is not installed fails only when used, with a message naming the extra.
+def _lazy(module: str, function: str = "main"):
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            print(
+                f"error: {err}. Install the extra this command needs, e.g. pip install 'infimm-hd[serve]'",
+                file=sys.stderr,
+            )
+            return 2
+        return int(getattr(mod, function)(argv) or 0)
+
+    return run
+
+
 COMMANDS = {
+    "ask": (
+        _lazy("infimm_hd.inference.commands", "ask_main"),
+        "answer a question about an image (optional attention map)",
+    ),
+    "chat": (_lazy("infimm_hd.inference.commands", "chat_main"), "interactive, streaming chat about one image"),
+    "serve": (_lazy("infimm_hd.serving.cli"), "OpenAI-compatible HTTP server (/v1/chat/completions)"),
+    "show-tiles": (_lazy("infimm_hd.inference.tile_picture"), "draw the thumbnail + window grid over an image (PNG)"),
     "demo": (_demo, "run the embedded default (offline, CPU)"),
     "convert-official": (_convert, "convert the published InfiMM-HD checkpoint (legacy .bin, safe loading)"),
     "plan": (_plan, "print the tiling plan of an image size"),
