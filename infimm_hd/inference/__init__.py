@@ -1,0 +1,1 @@
+"""Inference on images: answers, streaming, image sessions, the CLI commands and pictures."""
