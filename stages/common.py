@@ -103,6 +103,14 @@ def build_parser(spec: StageSpec, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--grad-accumulation", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--min-learning-rate", type=float)
+    p.add_argument(
+        "--lr-scale",
+        action="append",
+        default=[],
+        metavar="GROUP=FACTOR",
+        help="LR multiplier for one parameter group (vision_tower, cross_attention, language_model, embeddings), "
+        "e.g. vision_tower=0.01; repeatable",
+    )
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--max-length", type=int)
     p.add_argument("--num-workers", type=int, default=2)
@@ -168,6 +176,7 @@ def train_config(spec: StageSpec, args: argparse.Namespace, hp: Hyperparameters)
         max_steps=pick("max_steps", hp.max_steps),
         learning_rate=pick("learning_rate", hp.learning_rate),
         min_learning_rate=pick("min_learning_rate", min(hp.min_learning_rate, pick("learning_rate", hp.learning_rate))),
+        lr_scales={k: float(v) for k, v in parse_options(args.lr_scale).items()},
         warmup_steps=min(pick("warmup_steps", hp.warmup_steps), pick("max_steps", hp.max_steps)),
         betas=hp.betas,
         eps=hp.eps,

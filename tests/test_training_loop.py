@@ -311,3 +311,35 @@ def test_a_fresh_run_refuses_a_used_output_dir(tmp_path):
     train(model, StandInBatches(model.config.image_token_id), SFTObjective(), run_config(tmp_path, max_steps=1))
     with pytest.raises(FileExistsError, match="resume='auto'"):
         train(model, StandInBatches(model.config.image_token_id), SFTObjective(), run_config(tmp_path, resume=None))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
+def test_lr_scales_give_a_component_its_own_rate_through_the_schedule():
+    model, _ = infimm_hd.build_model("tiny")
+    apply_trainable(model, TrainableSpec(cross_attention=True, vision_tower=True))
+    optimizer = build_optimizer(model, 1e-3, 0.0, (0.9, 0.95), 1e-8, lr_scales={"vision_tower": 0.01})
+    scheduler = build_scheduler(optimizer, warmup_steps=2, max_steps=10, lr=1e-3, min_lr=1e-4)
+    component = parameter_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        expected = 1e-5 if component[names[id(group["params"][0])]] == "vision_tower" else 1e-3
+        assert {component[names[id(p)]] == "vision_tower" for p in group["params"]} == {expected == 1e-5}
+        assert group["lr"] == pytest.approx(expected / 2), "warmup step 0 is half the peak, per group"
+    # One Adam step moves each weight by about its group's LR (the first update is lr * sign(grad)).
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for _ in range(3):
+        scheduler.step()  # now at the cosine part; the ratio between groups must still be 100
+    lrs = {group["lr_scale"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs[0.01] == pytest.approx(lrs[1.0] * 0.01)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p)
+    optimizer.step()
+    moved: dict[str, float] = {}
+    for n, p in model.named_parameters():
+        if n in before:
+            moved[component[n]] = max(moved.get(component[n], 0.0), (p.detach() - before[n]).abs().max().item())
+    assert moved["vision_tower"] == pytest.approx(lrs[0.01], rel=0.05)
+    assert moved["cross_attention"] == pytest.approx(lrs[1.0], rel=0.05)
+    with pytest.raises(ValueError, match="unknown parameter groups"):
+        build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, lr_scales={"vit": 0.1})

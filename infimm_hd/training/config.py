@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ class TrainConfig:
     max_steps: optimizer steps; the cosine schedule ends here.
     learning_rate / min_learning_rate: peak LR after warmup, and the floor the cosine decays to at `max_steps`.
     warmup_steps: linear warmup from learning_rate / warmup_steps to learning_rate.
+    lr_scales: component -> LR multiplier (e.g. {"vision_tower": 0.01}); components are `trainable.GROUPS`.
     weight_decay: AdamW decoupled decay on >= 2-D non-embedding weights only (see `optim.param_groups`).
     grad_clip: max global L2 norm; None or 0 disables clipping (the norm is still logged).
     grad_accumulation: micro-batches per optimizer step and rank.
@@ -39,6 +40,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     min_learning_rate: float = 1e-5
     warmup_steps: int = 0
+    lr_scales: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8

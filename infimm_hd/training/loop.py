@@ -280,7 +280,9 @@ def train(
     if resume_from is not None:
         ckpt.load_trainable(model, resume_from)
     model.train()
-    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay, config.betas, config.eps)
+    optimizer = build_optimizer(
+        model, config.learning_rate, config.weight_decay, config.betas, config.eps, config.lr_scales
+    )
     # Not prepared: accelerate's scheduler wrapper steps once per process, which would stretch the schedule.
     scheduler = build_scheduler(
         optimizer, config.warmup_steps, config.max_steps, config.learning_rate, config.min_learning_rate
@@ -328,7 +330,7 @@ def train(
     history: list[dict[str, float]] = []
     last = resume_from
     while state.step < config.max_steps:
-        lr = scheduler.get_last_lr()[0]
+        lr = scheduler.get_last_lr()[0] / raw_optimizer.param_groups[0].get("lr_scale", 1.0)  # the configured LR
         totals, stats = accumulate_step(prepared, objective, batches, state.step, accelerator, config.grad_accumulation)
         grad_norm = _clip(accelerator, params, config.grad_clip)
         optimizer.step()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .trainable import token_embedding_ids
+from .trainable import GROUPS, parameter_groups, token_embedding_ids
 
 
 def embedding_parameter_names(model: nn.Module) -> set[str]:
@@ -36,23 +36,50 @@ def decays(name: str, param: torch.Tensor, embeddings: set[str]) -> bool:
     return param.ndim >= 2 and name not in embeddings
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the parameters with requires_grad: `decay` and `no_decay` (empty groups dropped)."""
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None, lr: float | None = None
+) -> list[dict]:
+    """AdamW groups over the parameters with requires_grad: decay / no-decay, times one LR per component scale.
+
+    `lr_scales` maps a component (`trainable.GROUPS`: "vision_tower", "cross_attention", ...) to a multiplier of `lr`
+    (LLaVA-NeXT's `mm_vision_tower_lr` generalised): a pretrained ViT fine-tuned next to freshly initialised fusion
+    blocks wants a far smaller rate than they do. Each group records its `lr_scale`; the schedule multiplies every
+    group's own base LR, so the scales hold through warmup and decay. Groups get an explicit `lr` when `lr` is given
+    (else the optimizer's default applies, unscaled). Empty groups are dropped.
+    """
+    scales = dict(lr_scales or {})
+    unknown = sorted(set(scales) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"lr_scales names unknown parameter groups {unknown}; known: {list(GROUPS)}")
+    if any(not (v > 0) for v in scales.values()):
+        raise ValueError(f"lr_scales must be positive, got {scales}")
     embeddings = embedding_parameter_names(model)
-    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": []}
+    component = parameter_groups(model)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups["decay" if decays(name, param, embeddings) else "no_decay"].append(param)
-    if not any(groups.values()):
+            key = (decays(name, param, embeddings), float(scales.get(component[name], 1.0)))
+            groups.setdefault(key, []).append(param)
+    if not groups:
         raise ValueError("the model has no trainable parameters; declare some with trainable.apply_trainable")
-    wd = {"decay": weight_decay, "no_decay": 0.0}
-    return [{"params": params, "weight_decay": wd[key]} for key, params in groups.items() if params]
+    # Unscaled groups first, so the first group's LR (the one progress lines log) is the configured one.
+    order = sorted(groups, key=lambda k: (k[1] != 1.0, k[1], not k[0]))
+    out = [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]} for k in order]
+    if lr is not None:
+        for group in out:
+            group["lr"] = lr * group["lr_scale"]
+    return out
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    lr_scales: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr_scales, lr), lr=lr, betas=betas, eps=eps)
 
 
 @dataclass
