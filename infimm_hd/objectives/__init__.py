@@ -7,7 +7,9 @@ tokens of the whole optimizer step (all micro-batches, all ranks) and a 2-proces
 
 from .base import MODEL_INPUT_KEYS, Objective, ObjectiveOutput, model_inputs
 from .masked_thought import MaskedThoughtObjective, add_mask_token, mask_thoughts, ramp_p
+from .reference import SwappedReference
 from .registry import build_objective, objective_names
+from .rlhf import RLHFObjective
 from .sft import SFTObjective, next_token_loss_sum
 
 __all__ = [
@@ -15,7 +17,9 @@ __all__ = [
     "MaskedThoughtObjective",
     "Objective",
     "ObjectiveOutput",
+    "RLHFObjective",
     "SFTObjective",
+    "SwappedReference",
     "add_mask_token",
     "build_objective",
     "mask_thoughts",

@@ -8,9 +8,14 @@ from typing import Any
 
 from .base import Objective
 from .masked_thought import MaskedThoughtObjective
+from .rlhf import RLHFObjective
 from .sft import SFTObjective
 
-_REGISTRY: dict[str, Callable[..., Objective]] = {"sft": SFTObjective, "masked-thought": MaskedThoughtObjective}
+_REGISTRY: dict[str, Callable[..., Objective]] = {
+    "sft": SFTObjective,
+    "masked-thought": MaskedThoughtObjective,
+    "rlhf": RLHFObjective,
+}
 
 
 def objective_names() -> list[str]:

@@ -8,6 +8,8 @@ Layout (`output_dir/checkpoints/`):
         optimizer.json          param groups (hyper-parameters, param keys) and any non-tensor state
         scheduler.json          the LambdaLR state (base LRs, step count, WarmupCosine fields)
         objective.json          the objective's state_dict(), when it has one
+        objective_module.safetensors, objective_optimizer.{safetensors,json}
+                                parameters the objective trains itself (PPO's value head), when it has some
         trainer_state.json      step, world size, samples/tokens seen, format
         config.json             the resolved run config
         rank-00000/rng.json     python / numpy / torch (+ CUDA) generator states of that rank
@@ -236,6 +238,7 @@ def save_checkpoint(
     batches: Any,
     objective: Any,
     config: dict[str, Any],
+    extra_module: Any = None,
 ) -> Path:
     """Write `checkpoints/step-<step>` atomically (collective: every rank calls it). `model` is the unwrapped model,
     `optimizer` the raw torch optimizer. Returns the final folder."""
@@ -264,6 +267,8 @@ def save_checkpoint(
         write_json(tmp / "scheduler.json", scheduler.state_dict())
         if hasattr(objective, "state_dict"):
             write_json(tmp / "objective.json", objective.state_dict())
+        if extra_module is not None:  # parameters the objective trains itself (`objective_module.ObjectiveModule`)
+            extra_module.save(tmp)
         write_json(tmp / "trainer_state.json", asdict(trainer_state))
         write_json(tmp / "config.json", config)
     accelerator.wait_for_everyone()

@@ -41,6 +41,7 @@ from torch.distributed.tensor import DTensor
 from ..objectives import Objective
 from . import checkpoint as ckpt
 from .config import TrainConfig, config_json, resolved_config
+from .objective_module import ObjectiveModule
 from .optim import build_optimizer, build_scheduler
 from .progress import ProgressLogger
 from .trainable import trainable_table
@@ -152,6 +153,7 @@ def accumulate_step(
     step: int,
     accelerator: Accelerator,
     grad_accumulation: int,
+    extra: ObjectiveModule | None = None,
 ) -> tuple[StepTotals, dict[str, float]]:
     """Forward + backward `grad_accumulation` micro-batches, then scale the gradients to the mean over every label
     token of the step on every rank. Returns the totals and this rank's last data `stats`."""
@@ -187,6 +189,8 @@ def accumulate_step(
     for param in model.parameters():
         if param.grad is not None:
             param.grad.mul_(scale)
+    if extra is not None:  # the objective's own parameters (PPO's value head): averaged over ranks, then scaled
+        extra.scale_gradients(scale, accelerator.num_processes)
     per_call = grad_accumulation * accelerator.num_processes
     metrics = {k: float(total[3 + i]) / per_call for i, k in enumerate(keys)}
     loss = float(total[0]) / max(total_tokens, 1)
@@ -277,6 +281,9 @@ def train(
     # Trainable weights go into the plain model before prepare() shards or wraps it.
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    # Objectives whose state depends on the starting weights (the RLHF reference) see them before a resume loads others.
+    if hasattr(objective, "setup"):
+        objective.setup(model)
     if resume_from is not None:
         ckpt.load_trainable(model, resume_from)
     model.train()
@@ -290,6 +297,8 @@ def train(
     prepared, optimizer = accelerator.prepare(model, optimizer)
     allow_rank_dependent_unused_parameters(prepared)
     raw_model, raw_optimizer = accelerator.unwrap_model(prepared), optimizer.optimizer
+    owned = objective.trainable_module() if hasattr(objective, "trainable_module") else None
+    extra = ObjectiveModule(owned, config, accelerator.device) if owned is not None else None
     state = ckpt.TrainerState(world_size=accelerator.num_processes)
     if resume_from is not None:
         state = ckpt.load_checkpoint(
@@ -301,6 +310,8 @@ def train(
             batches=batches,
             objective=objective,
         )
+        if extra is not None:
+            extra.load(resume_from)
 
     log = ProgressLogger(
         output_dir,
@@ -326,16 +337,20 @@ def train(
     else:
         log.event("start", max_steps=config.max_steps)
 
-    params = [p for p in prepared.parameters() if p.requires_grad]
+    params = [p for p in prepared.parameters() if p.requires_grad] + (extra.parameters() if extra else [])
     history: list[dict[str, float]] = []
     last = resume_from
     while state.step < config.max_steps:
         lr = scheduler.get_last_lr()[0] / raw_optimizer.param_groups[0].get("lr_scale", 1.0)  # the configured LR
-        totals, stats = accumulate_step(prepared, objective, batches, state.step, accelerator, config.grad_accumulation)
+        totals, stats = accumulate_step(
+            prepared, objective, batches, state.step, accelerator, config.grad_accumulation, extra
+        )
         grad_norm = _clip(accelerator, params, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if extra is not None:
+            extra.step()
         state.step += 1
         state.samples_seen += totals.samples
         state.tokens_seen += totals.tokens
@@ -359,6 +374,7 @@ def train(
                 batches=batches,
                 objective=objective,
                 config=resolved,
+                extra_module=extra,
             )
             if main:
                 ckpt.prune(output_dir, config.keep_last)
