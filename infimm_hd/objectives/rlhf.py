@@ -21,6 +21,7 @@ The maths is `rl_math` (tested against hand computations and TRL); this file onl
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import nn
 
 from . import rl_math
 from .base import ObjectiveOutput
+from .masked_thought import current_rank
 from .reference import SwappedReference
 from .rewards import (
     CallableReward,
@@ -64,6 +66,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     while not hasattr(model, "config") and hasattr(model, "module"):
         model = model.module
     return model
+
+
+def rollout_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
+    """A 63-bit seed from (seed, step, rank, micro-batch) alone: reproducible on resume, different per rank.
+
+    >>> rollout_seed(0, 5, 0, 0) == rollout_seed(0, 5, 0, 0) != rollout_seed(0, 5, 1, 0)
+    True
+    """
+    digest = hashlib.sha256(f"rlhf-rollout:{seed}:{step}:{rank}:{micro_batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def build_reward(reward: str | Callable | RewardFunction, partial_credit: float, batch_size: int) -> RewardFunction:
@@ -104,6 +116,7 @@ class RLHFObjective:
     reference_offload: keep the reference snapshot on the CPU (copied to the device for each reference pass).
     tokenizer: decodes prompts and responses (the stage scripts pass the processor's).
     generation_prompt: appended to label-less ("prompt" record) rows before sampling (the house template's).
+    seed: the samples of micro-batch m of step s on rank r depend only on (seed, s, r, m).
 
     Metrics: `METRIC_KEYS`, on every call. State (`state_dict`): the KL coefficient, the reward normaliser, the rollout
     count, as JSON. Hooks the training loop calls: `setup(model)` once, with the starting weights, and
@@ -136,6 +149,7 @@ class RLHFObjective:
         reference_offload: bool = False,
         tokenizer=None,
         generation_prompt: str = " ASSISTANT:",
+        seed: int = 0,
     ):
         if algorithm not in ("rloo", "ppo"):
             raise ValueError(f"rlhf: algorithm must be 'rloo' or 'ppo', got {algorithm!r}")
@@ -168,6 +182,8 @@ class RLHFObjective:
         self.missing_eos_penalty = missing_eos_penalty
         # Its update/normalize are applied to the penalised scores below (the source is scored once per rollout).
         self.normalizer = NormalizedReward(self.raw_reward, mode=normalize_rewards) if normalize_rewards else None
+        self.seed = seed
+        self._micro: tuple[int, int] = (-1, 0)  # (step, micro-batches seen in it): resets every step
         self.rollouts = 0
         self.reference: SwappedReference | None = None
         self.value_head: ValueHead | None = None
@@ -193,10 +209,14 @@ class RLHFObjective:
 
     # -- one micro-batch --------------------------------------------------------------------------------------------
     def rollout(
-        self, model: nn.Module, batch: dict[str, Any]
+        self, model: nn.Module, batch: dict[str, Any], step: int = 0
     ) -> tuple[Rollout, list[str], list[str | None], list[str]]:
         """Prompts of `batch` -> k sampled responses each (vision context computed once): (rollout, prompt texts,
-        references, response texts), the lists per response (B,)."""
+        references, response texts), the lists per response (B,). The samples depend only on (seed, step, rank,
+        micro-batch of the step), so a resumed run draws what the uninterrupted one drew."""
+        last_step, micro = self._micro
+        micro = micro if step == last_step else 0
+        self._micro = (step, micro + 1)
         raw = unwrap(model)
         prompts = prompts_from_batch(batch, self.tokenizer, self.generation_prompt_ids)
         context = None
@@ -217,6 +237,7 @@ class RLHFObjective:
             self.top_p,
             self.tokenizer.pad_token_id,
             stop_ids,
+            seed=rollout_seed(self.seed, step, current_rank(), micro),
         )
         responses = self.tokenizer.batch_decode(rollout.response.tolist(), skip_special_tokens=True)
         repeat = [i // self.k for i in range(len(responses))]
@@ -253,7 +274,7 @@ class RLHFObjective:
         return rl_math.logprobs_of(logits, rollout.response, self.temperature)
 
     def loss(self, model: nn.Module, batch: dict[str, Any], step: int) -> ObjectiveOutput:
-        rollout, prompt_texts, references, responses = self.rollout(model, batch)
+        rollout, prompt_texts, references, responses = self.rollout(model, batch, step)
         return self.loss_on_rollout(model, rollout, prompt_texts, references, responses)
 
     def loss_on_rollout(

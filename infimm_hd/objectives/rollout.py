@@ -133,32 +133,41 @@ def sample_responses(
     top_p: float,
     pad_token_id: int,
     stop_ids: list[int],
+    seed: int,
 ) -> Rollout:
     """Sample k responses per prompt with the model's own `generate` (eval mode, restored after).
 
     `context` is the prompts' vision context from `model.encode_media` (None for text-only prompts): `generate` gets
     it with a fresh k/v cache and expands it to the k samples by sharing rows, so the ViT does not run here at all.
-    Randomness is torch's global RNG (seeded per rank by the loop and saved in its checkpoints).
+    `<image>` is never sampled (there is no image for it); like top-p, this truncation is left out of the log-probs,
+    which are those of the full temperature-scaled distribution (TRL's convention). `seed` decides the samples:
+    `generate` draws from torch's global RNG, so it runs inside `fork_rng` seeded with it, leaving the global stream
+    untouched (a resumed run's data loader draws from that stream at other moments).
     """
     was_training = model.training
     model.eval()
-    try:
-        extra = {} if context is None else {"cross_attention_context": replace(context, kv_cache={})}
-        sequences = model.generate(
-            input_ids=prompts.input_ids,
-            attention_mask=prompts.attention_mask,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=0,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=k,
-            pad_token_id=pad_token_id,
-            eos_token_id=stop_ids,
-            **extra,
-        )  # (B, Lp + R)
-    finally:
-        model.train(was_training)
+    device = prompts.input_ids.device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        try:
+            extra = {} if context is None else {"cross_attention_context": replace(context, kv_cache={})}
+            sequences = model.generate(
+                input_ids=prompts.input_ids,
+                attention_mask=prompts.attention_mask,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=k,
+                pad_token_id=pad_token_id,
+                eos_token_id=stop_ids,
+                suppress_tokens=[model.config.image_token_id],  # a response cannot open an image it does not have
+                **extra,
+            )  # (B, Lp + R)
+        finally:
+            model.train(was_training)
     prompt_length = prompts.input_ids.shape[1]
     response = sequences[:, prompt_length:]  # (B, R)
     mask, finished = response_mask(response, torch.tensor(stop_ids))

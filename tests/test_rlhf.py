@@ -1,0 +1,305 @@
+"""The `rlhf` objective (direct RLHF: RLOO and PPO) on the tiny preset.
+
+Independent expectations: losses recomputed by hand (python loops over log_softmax of a separate forward), the
+reference against an untouched deep copy of the starting model, batched rollout log-probs against one unpadded
+sample at a time, vision-tower calls counted with a hook, and a stage-4 run resumed against an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import infimm_hd
+from data_prep.synthetic import generate
+from infimm_hd.objectives import RLHFObjective, build_objective
+from infimm_hd.objectives.rewards import CallableReward
+from infimm_hd.objectives.rl_math import logprobs_of
+from infimm_hd.objectives.rlhf import METRIC_KEYS
+from infimm_hd.objectives.rollout import Rollout, position_ids_from, response_mask
+from infimm_hd.training.data import LoaderConfig, StreamingLoader
+from infimm_hd.training.trainable import TrainableSpec, apply_trainable
+from stages import stage4_instruction_tuning
+
+STAGE4 = TrainableSpec(cross_attention=True, language_model=True, embeddings=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rlhf-data")
+    generate(out, num_images_train=8, num_images_heldout=2, tasks=("vqa",), grids=((1, 3),), shard_size=8, workers=1,
+             log=lambda *a: None)  # fmt: skip
+    return out
+
+
+def tiny_model(seed: int = 0):
+    model, processor = infimm_hd.build_model("tiny", seed=seed)
+    model.set_window_size(448)
+    processor.image_processor.window_size = 448
+    apply_trainable(model, STAGE4)
+    with torch.no_grad():  # open the gates, so the image matters to every logit
+        for block in model.cross_attention_blocks().values():
+            block.attn_gate.fill_(0.5)
+            block.ff_gate.fill_(0.5)
+    return model, processor
+
+
+def first_batch(data: Path, processor, batch_size: int = 2) -> dict:
+    config = LoaderConfig(shards=[str(data / "vqa" / "train-*.tar")], batch_size=batch_size, num_workers=0)
+    return next(StreamingLoader(config, processor))
+
+
+def objective(processor, model, **options) -> RLHFObjective:
+    obj = build_objective("rlhf", run={"tokenizer": processor.tokenizer, "max_steps": 3}, **options)
+    obj.setup(model)
+    return obj
+
+
+def perturb(model, seed: int = 1, scale: float = 0.05) -> None:
+    """Move every trainable weight, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
+    """(B, R) log-probs of the response tokens from a plain forward and log_softmax (independent of rl_math)."""
+    with torch.no_grad():
+        logits = model(**rollout.model_inputs()).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, rollout.response[..., None]).squeeze(-1)
+
+
+def text_rollout(processor, k: int) -> tuple[Rollout, list[str]]:
+    """A hand-built text-only rollout: 2 prompts x k fixed responses of different lengths, one without a stop."""
+    tok = processor.tokenizer
+    stop = tok.convert_tokens_to_ids("<|endofchunk|>")
+    prompts = [tok("Q: 2+2? A:")["input_ids"], tok("Q: 7? A:")["input_ids"]]
+    answers = ["4", "44", "7", "x", "abc", "7"][: 2 * k] if k <= 3 else None
+    rows, responses = [], []
+    for i in range(2 * k):
+        text = answers[i] if answers else "ab"[: 1 + i % 2]
+        body = tok(text, add_special_tokens=False)["input_ids"] + ([] if i == 1 else [stop])
+        rows.append(body)
+        responses.append(text)
+    width_p, width_r = max(map(len, prompts)), max(map(len, rows))
+    seq = torch.zeros(2 * k, width_p + width_r, dtype=torch.long)
+    attn = torch.zeros_like(seq)
+    resp = torch.zeros(2 * k, width_r, dtype=torch.long)
+    for i, body in enumerate(rows):
+        p = prompts[i // k]
+        seq[i, width_p - len(p) : width_p] = torch.tensor(p)
+        attn[i, width_p - len(p) : width_p] = 1
+        resp[i, : len(body)] = torch.tensor(body)
+    mask, finished = response_mask(resp, torch.tensor([stop, tok.eos_token_id]))
+    resp = torch.where(mask, resp, 0)
+    seq[:, width_p:] = resp
+    attn[:, width_p:] = mask.long()
+    rollout = Rollout(seq, attn, position_ids_from(attn), width_p, resp, mask, finished, None, k)
+    return rollout, responses
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def test_rloo_loss_on_a_hand_built_rollout_is_the_hand_computation():
+    model, processor = tiny_model()
+    scores = [1.0, 0.0, 0.5, 0.25, 2.0, -1.0]
+    reward = CallableReward(lambda prompts, responses, refs: scores, batched=True)
+    obj = objective(processor, model, algorithm="rloo", k=3, kl_coef=0.1, reward=reward)
+    reference = copy.deepcopy(model)
+    perturb(model)  # the policy moved away from the reference, so the KL term is not zero
+    rollout, responses = text_rollout(processor, k=3)
+    out = obj.loss_on_rollout(model, rollout, ["p"] * 6, [None] * 6, responses)
+
+    logp, ref = token_logprobs(model, rollout), token_logprobs(reference, rollout)
+    mask = rollout.response_mask
+    kl = [sum(float(logp[i, t] - ref[i, t]) for t in range(mask.shape[1]) if mask[i, t]) for i in range(6)]
+    r = [scores[i] - 0.1 * kl[i] for i in range(6)]
+    adv = [r[i] - sum(r[j] for j in range(3 * (i // 3), 3 * (i // 3) + 3) if j != i) / 2 for i in range(6)]
+    expected = -sum(adv[i] * float(logp[i][mask[i]].sum()) for i in range(6))
+    assert int(out.num_tokens) == 6, "RLOO normalises per sequence"
+    assert math.isclose(out.loss_sum.item(), expected, rel_tol=1e-5, abs_tol=1e-5), (out.loss_sum.item(), expected)
+    assert math.isclose(out.metrics["kl"], sum(kl) / 6, rel_tol=1e-5, abs_tol=1e-6)
+    assert out.metrics["eos_rate"] == pytest.approx(5 / 6)
+    assert out.metrics["response_length"] == pytest.approx(float(mask.sum(1).float().mean()))
+    assert set(out.metrics) == set(METRIC_KEYS)
+
+
+def test_ppo_loss_on_a_hand_built_rollout_is_the_hand_computation():
+    model, processor = tiny_model()
+    scores = [1.0, -0.5]
+    reward = CallableReward(lambda prompts, responses, refs: scores, batched=True)
+    obj = objective(processor, model, algorithm="ppo", k=1, kl_coef=0.2, reward=reward, vf_coef=0.1, lam=0.9,
+                    whiten_advantages=False)  # fmt: skip
+    with torch.no_grad():  # a non-zero value head, so GAE's bootstrapping matters
+        obj.value_head.proj.weight.copy_(torch.linspace(-0.5, 0.5, 64)[None])
+        obj.value_head.proj.bias.fill_(0.1)
+    reference = copy.deepcopy(model)
+    perturb(model)
+    rollout, responses = text_rollout(processor, k=1)
+    out = obj.loss_on_rollout(model, rollout, ["p"] * 2, [None] * 2, responses)
+
+    logp, ref = token_logprobs(model, rollout), token_logprobs(reference, rollout)
+    with torch.no_grad():
+        hidden = model(**rollout.model_inputs(), output_hidden_states=True).hidden_states[-1]
+        values = obj.value_head(hidden[:, rollout.prompt_length - 1 : -1])
+    mask = rollout.response_mask
+    expected = 0.0
+    for i in range(2):
+        n = int(mask[i].sum())
+        rewards = [-0.2 * float(logp[i, t] - ref[i, t]) for t in range(n)]
+        rewards[-1] += scores[i]
+        adv, running = [0.0] * n, 0.0
+        for t in reversed(range(n)):
+            next_v = float(values[i, t + 1]) if t + 1 < n else 0.0
+            running = rewards[t] + next_v - float(values[i, t]) + 0.9 * running
+            adv[t] = running
+        for t in range(n):
+            ret = adv[t] + float(values[i, t])
+            expected += -adv[t] + 0.1 * 0.5 * (float(values[i, t]) - ret) ** 2  # ratio 1, V = V_old: no clipping
+    assert int(out.num_tokens) == int(mask.sum()), "PPO normalises per response token"
+    assert math.isclose(out.loss_sum.item(), expected, rel_tol=1e-4, abs_tol=1e-5), (out.loss_sum.item(), expected)
+    assert out.metrics["clip_frac"] == 0.0 and out.metrics["approx_kl"] == 0.0  # one update per rollout
+    out.loss_sum.backward()
+    assert obj.value_head.proj.weight.grad.abs().sum() > 0, "the value head gets a gradient"
+
+
+def test_reference_by_swap_is_the_untouched_starting_model_and_restores_the_policy_bitwise(data):
+    model, processor = tiny_model()
+    untouched = copy.deepcopy(model)
+    obj = objective(processor, model, algorithm="rloo", k=2, max_new_tokens=6)
+    perturb(model)
+    before = {n: (p.detach().clone(), p.data_ptr()) for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    rollout, *_ = obj.rollout(model, first_batch(data, processor))
+    swapped = obj.reference_logprobs(model, rollout)
+    with torch.no_grad():  # the same arithmetic on the untouched copy: the swap must change nothing, to the bit
+        logits = untouched.eval()(**rollout.model_inputs()).logits[:, :-1]
+    expected = logprobs_of(logits, rollout.response)
+    assert torch.equal(swapped, expected), (swapped - expected).abs().max()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name][0]) and p.data_ptr() == before[name][1], f"{name} changed by the swap"
+    assert not torch.allclose(token_logprobs(model, rollout), expected), "the policy differs from the reference"
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    assert obj.reference.num_bytes() == trainable, "only the trainable tensors are kept"
+
+
+def test_batched_rollout_logprobs_equal_one_unpadded_sample_at_a_time(data):
+    """Left padding, positions, the shared vision context and the masks: batch = single."""
+    model, processor = tiny_model()
+    obj = objective(processor, model, algorithm="rloo", k=2, max_new_tokens=5)
+    batch = first_batch(data, processor)
+    torch.manual_seed(1)
+    rollout, *_ = obj.rollout(model, batch)
+    batched = token_logprobs(model, rollout)
+    crops = (batch["image_grids"].prod(1) + 1).tolist()  # thumbnail + windows per image
+    starts = [0, crops[0]]
+    for i in range(rollout.sequences.shape[0]):
+        keep = rollout.attention_mask[i].bool()
+        ids = rollout.sequences[i][keep][None]
+        p = i // rollout.k
+        pixels = batch["pixel_values"][starts[p] : starts[p] + crops[p]]
+        with torch.no_grad():
+            logits = model(input_ids=ids, pixel_values=pixels, image_grids=batch["image_grids"][p : p + 1]).logits
+        n = int(rollout.response_mask[i].sum())
+        single = torch.log_softmax(logits[0, -n - 1 : -1].float(), -1).gather(-1, ids[0, -n:, None]).squeeze(-1)
+        assert torch.allclose(batched[i, :n], single, atol=1e-4), (i, batched[i, :n], single)
+
+
+def test_the_vision_tower_runs_once_per_prompt_in_a_whole_rlhf_step(data):
+    model, processor = tiny_model()
+    obj = objective(processor, model, algorithm="rloo", k=4, max_new_tokens=4)
+    batch = first_batch(data, processor)
+    calls = []
+    hook = model.vision_tower.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        out = obj.loss(model, batch, 0)
+        out.loss_sum.backward()
+    finally:
+        hook.remove()
+    assert calls == [batch["pixel_values"].shape[0]], f"ViT calls (crops each): {calls}"
+    assert out.metrics["response_length"] >= 1
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_kl_is_zero_at_step_zero(data, algorithm):
+    model, processor = tiny_model()
+    obj = objective(processor, model, algorithm=algorithm, max_new_tokens=6)
+    torch.manual_seed(0)
+    out = obj.loss(model, first_batch(data, processor), 0)
+    assert abs(out.metrics["kl"]) < 1e-6, out.metrics
+    assert set(out.metrics) == set(METRIC_KEYS)
+
+
+def test_adaptive_kl_state_round_trips_as_json():
+    model, processor = tiny_model()
+    obj = objective(processor, model, adaptive_kl=True, kl_target=0.1, kl_horizon=10, normalize_rewards="running")
+    obj.kl_controller.update(1.0, n_steps=5)
+    obj.normalizer.update(torch.tensor([1.0, 3.0]))
+    state = obj.state_dict()
+    fresh = objective(processor, model, adaptive_kl=True, kl_target=0.1, kl_horizon=10, normalize_rewards="running")
+    fresh.load_state_dict(json.loads(json.dumps(state)))
+    assert fresh.state_dict() == state and fresh.kl_controller.value == pytest.approx(0.05 * 1.1)
+
+
+def test_bad_options_are_clear_errors():
+    _, processor = tiny_model()
+    run = {"tokenizer": processor.tokenizer}
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        build_objective("rlhf", run=run, algorithm="rloo", k=1)
+    with pytest.raises(ValueError, match="reward-model folder"):
+        build_objective("rlhf", run=run, reward="no-such-thing")
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_objective("rlhf", algorithm="ppo")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def stage4(data: Path, init: Path, output: Path, steps: int, algorithm: str) -> Path:
+    argv = [
+        "--preset", "tiny", "--init", str(init), "--shards", str(data / "vqa" / "train-*.tar"), "--output", str(output),
+        "--max-steps", str(steps), "--batch-size", "2", "--num-workers", "0", "--log-every", "1",
+        "--save-every", "1", "--deterministic", "--mixed-precision", "no", "--full-save", "--objective", "rlhf",
+        "--objective-option", f"algorithm={algorithm}", "--objective-option", "max_new_tokens=4",
+        "--objective-option", "k=2", "--objective-option", "adaptive_kl=true", "--objective-option", "kl_target=0.01",
+    ]  # fmt: skip
+    return stage4_instruction_tuning.main(argv)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_stage4_trains_with_rlhf_and_resumes_to_the_uninterrupted_run(data, tmp_path, algorithm):
+    model, processor = infimm_hd.build_model("tiny")
+    model.save_pretrained(tmp_path / "init")
+    processor.save_pretrained(tmp_path / "init")
+    straight = stage4(data, tmp_path / "init", tmp_path / "straight", 3, algorithm)
+    # The run as if it had been killed after step 2: only its step-2 checkpoint (same schedule, same max_steps).
+    shutil.copytree(
+        ckpt := tmp_path / "straight/checkpoints/step-00000002", tmp_path / "resumed/checkpoints" / ckpt.name
+    )
+    resumed = stage4(data, tmp_path / "init", tmp_path / "resumed", 3, algorithm)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"differ after resume: {differ}"
+    ckpts = [tmp_path / run / "checkpoints" / "step-00000003" for run in ("straight", "resumed")]
+    objective_states = [(c / "objective.json").read_text() for c in ckpts]
+    assert objective_states[0] == objective_states[1]
+    assert json.loads(objective_states[0])["rollouts"] == 3
+    if algorithm == "ppo":
+        heads = [load_file(c / "objective_module.safetensors") for c in ckpts]
+        assert torch.equal(heads[0]["proj.weight"], heads[1]["proj.weight"]), "value head differs after resume"
+        assert heads[0]["proj.weight"].abs().sum() > 0, "the value head trained"
