@@ -29,10 +29,11 @@ from PIL import Image, ImageDraw, ImageFont
 from ..hires import CLIP_MEAN_RGB, TilePlan, plan_tiles
 from ..image_processing import ImageInput, load_image
 
-__all__ = ["GRID_COLOR", "draw_tiles", "grid_lines", "main"]
+__all__ = ["GRID_COLOR", "GRID_LINE_WIDTH", "draw_tiles", "grid_lines", "main"]
 
 GRID_COLOR = (255, 200, 0)  # amber: visible on photos of any colour, with a dark edge for light backgrounds
 EDGE_COLOR = (25, 25, 25)
+GRID_LINE_WIDTH = 3  # odd, so a line is centred on its boundary pixel; displays are 512-1600 px, one width fits
 PANEL_COLOR = (248, 247, 244)
 TEXT_COLOR = (30, 30, 30)
 MUTED_TEXT = (95, 95, 95)
@@ -153,7 +154,7 @@ def draw_tiles(
     shown = image if scale == 1 else image.resize((dw, dh), resample)
 
     unit = max(dw, dh) / 100  # sizes of lines, fonts and margins follow the displayed image
-    line = max(2, round(unit / 4))
+    line = GRID_LINE_WIDTH
     margin = max(12, round(unit * 1.5))
     thumb_side = int(min(448, max(160, 0.45 * dh)))
     side_w = thumb_side + 2 * margin
