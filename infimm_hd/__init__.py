@@ -19,4 +19,19 @@ __all__ = [
     "InfiMMHDProcessor",
     "build_model",
     "from_components",
+    "answer",
+    "answer_batch",
+    "stream",
+    "open_image",
 ]
+
+# The inference API is imported on first use, so `import infimm_hd` stays fast.
+_INFERENCE_EXPORTS = ("answer", "answer_batch", "stream", "open_image")
+
+
+def __getattr__(name: str):
+    if name in _INFERENCE_EXPORTS:
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'infimm_hd' has no attribute {name!r}")
