@@ -98,7 +98,8 @@ def _caption(plan: TilePlan, max_windows: int, thumbnail_mode: str) -> list[str]
         f"{head} -> {plan.rows} row{'s' * (plan.rows > 1)} x {plan.cols} col{'s' * (plan.cols > 1)} of "
         f"{plan.window_size}-px windows, resized to {rw}x{rh} (aspect {rw / rh:.2f}, {shape})",
         f"resize x {sx:.3f}, y {sy:.3f}; {plan.num_crops} crops to the ViT: thumbnail (crop 0) + "
-        f"{plan.num_windows} window{'s' * (plan.num_windows > 1)} (crops 1-{plan.num_windows}, row-major); "
+        f"{plan.num_windows} window{'s' * (plan.num_windows > 1)} "
+        f"({'crop 1' if plan.num_windows == 1 else f'crops 1-{plan.num_windows}, row-major'}); "
         f"budget max_windows={max_windows}",
     ]
 
