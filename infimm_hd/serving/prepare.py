@@ -84,9 +84,10 @@ def prepare(
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
     elif max_tokens > limits.max_tokens_ceiling:
+        name = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         raise RequestError(
-            f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens_ceiling}",
-            param="max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens",
+            f"{name} is {max_tokens}; this server allows at most {limits.max_tokens_ceiling}",
+            param=name,
             code="max_tokens_too_large",
         )
     messages, images = to_messages(request, limits, local_root)

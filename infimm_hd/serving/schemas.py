@@ -55,7 +55,7 @@ class ChatMessage(BaseModel):
     def _images_from_the_user(self) -> ChatMessage:
         images = isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)
         if images and self.role != "user":
-            raise ValueError(f"image_url parts are accepted in user messages only, not in a {self.role} message")
+            raise ValueError(f"image_url parts are accepted in user messages only, not in {self.role} messages")
         return self
 
 
@@ -77,10 +77,24 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    stop: None = Field(None, description="stop sequences are not supported")
-    logprobs: Literal[False] | None = None
-    tools: None = None
+    n: int = 1
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    tools: list | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"n={n}: this server returns one choice per request (n=1)")
+        return n
+
+    @field_validator("stop", "logprobs", "tools")
+    @classmethod
+    def _unsupported(cls, value, info):
+        if value not in (None, False, [], ""):
+            raise ValueError(f"{info.field_name} is not supported by this server; leave it out")
+        return value
 
     @model_validator(mode="after")
     def _last_turn(self) -> ChatCompletionRequest:
