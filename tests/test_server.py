@@ -263,6 +263,15 @@ def test_text_only_and_multi_turn_requests_are_answered(served, images):
     assert r.json()["choices"][0]["message"]["content"] == processor.decode(new, clean_up_tokenization_spaces=False)
 
 
+def test_sampled_requests_are_answered_within_max_tokens(served, images):
+    server, _, _ = served
+    body = {"messages": user("Hi", data_url(png_bytes(images["red"]))), "max_tokens": 6, "temperature": 0.9}
+    for top_p in (0.5, 1.0):
+        r = httpx.post(server.base + "/v1/chat/completions", json=body | {"top_p": top_p}, headers=headers())
+        assert r.status_code == 200, r.text
+        assert 1 <= r.json()["usage"]["completion_tokens"] <= 6
+
+
 def test_answer_equals_python_api_when_present(served, images):
     answer = getattr(infimm_hd, "answer", None)
     if answer is None:
@@ -524,3 +533,18 @@ def test_smollm2_answers_over_http(tmp_path, images):
     text = reply.choices[0].message.content
     assert text == expected["text"] and text.strip(), f"{text!r} vs {expected['text']!r}"
     assert reply.usage.prompt_tokens == expected["prompt_tokens"]
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(tight_server):
+    body = {"messages": [{"role": "user", "content": "Talk."}], "max_tokens": 1800, "stream": True}
+    with httpx.Client(base_url=tight_server, timeout=30) as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as streaming:
+            lines = streaming.iter_lines()
+            assert next(lines).startswith("data: ")
+        # The response is closed here, long before its 1800 tokens: the server must cancel the row and free the slot.
+        deadline = time.monotonic() + 5
+        while client.get("/health").json()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health").json()["pending"] == 0, "the abandoned stream still holds its slot"
+        r = client.post("/v1/chat/completions", json=body | {"stream": False, "max_tokens": 3})
+        assert r.status_code == 200, r.text

@@ -106,6 +106,12 @@ def _param_path(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+async def _prepend(first: str, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
 def create_app(
     model,
     processor,
@@ -230,9 +236,13 @@ def create_app(
             cid = completion_id()
             if body.stream:
                 include_usage = body.stream_options is not None and body.stream_options.include_usage
+                events = stream_events(job, cid, include_usage, deadline)
+                # Started here, so its `finally` (slot release, row cancel) runs even if the response never iterates
+                # it (client gone before the first byte): asyncio closes started async generators when collected.
+                first = await events.__anext__()
                 release_here = False
                 return StreamingResponse(
-                    stream_events(job, cid, include_usage, deadline),
+                    _prepend(first, events),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
