@@ -48,8 +48,8 @@ class SwappedReference:
 
     @contextmanager
     def swapped_in(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Run `model` as the reference inside the block (use it under `torch.no_grad()`); restored on exit, also on
-        an exception. Every snapshot name must still be a parameter of `model`, with its shape."""
+        """Yields `model` running as the reference inside the block (use it under `torch.no_grad()`); restored on
+        exit, also on an exception. (Any object with this method can serve as the objective's `reference`.) Every snapshot name must still be a parameter of `model`, with its shape."""
         params = dict(model.named_parameters())
         stash: dict[str, torch.Tensor] = {}
         try:

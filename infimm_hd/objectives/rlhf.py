@@ -267,8 +267,8 @@ class RLHFObjective:
         was_training = raw.training
         raw.eval()
         try:
-            with self.reference.swapped_in(raw):
-                logits = raw(**rollout.model_inputs()).logits[:, :-1]  # (B, R, V)
+            with self.reference.swapped_in(raw) as reference:
+                logits = reference(**rollout.model_inputs()).logits[:, :-1]  # (B, R, V)
         finally:
             raw.train(was_training)
         return rl_math.logprobs_of(logits, rollout.response, self.temperature)
