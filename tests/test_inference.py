@@ -223,6 +223,18 @@ def test_session_follow_ups_equal_fresh_calls_with_the_whole_conversation(tiny_m
     assert session.history == [] and session.chat(questions[0], **kw) == session.ask(questions[0], **kw)
 
 
+def test_session_fork_continues_the_conversation_independently(tiny_model):
+    model, processor = tiny_model
+    kw = letters_only(processor) | {"max_new_tokens": 8}
+    session = open_image(model, processor, coloured(4, seed=15))
+    session.chat("What is it?", **kw)
+    twin = session.fork()
+    from_twin = twin.chat("And then?", **kw)
+    assert len(session.history) == 1 and len(twin.history) == 2, "a fork's turn leaked into the original"
+    assert session.chat("And then?", **kw) == from_twin
+    assert twin.context is session.context, "a fork must share the encoded image"
+
+
 def test_session_reuses_the_image_prefix_for_single_questions(tiny_model):
     model, processor = tiny_model
     session = open_image(model, processor, coloured(1, seed=12))

@@ -18,6 +18,7 @@ dozen tokens, small beside the answers.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -154,6 +155,17 @@ class ImageSession:
         prompt = self._chat_prompt(question)
         on_done = lambda result: self._record_turn(question, result.text, result.output)
         return self._stream(prompt, generate_kwargs, started, on_done)
+
+    def fork(self) -> ImageSession:
+        """A second conversation about the same encoded image, starting from this one's history.
+
+        Shares the vision context and the cached prefixes (calls only ever read them, see `prefix_cache`), so it
+        costs nothing; each fork then keeps its own history. Useful for several users asking about one image, or
+        for trying different follow-ups to the same turn.
+        """
+        twin = copy.copy(self)
+        twin.history = list(self.history)
+        return twin
 
     def reset(self) -> None:
         """Forget the conversation (the image stays encoded)."""
