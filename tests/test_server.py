@@ -433,10 +433,20 @@ def test_100_concurrent_requests_are_batched_with_no_5xx_and_bounded_memory(serv
 
 # -- 429 and 504 on a second server with tight limits (in-process, so it can be tiny and quick) ------------------------
 @pytest.fixture(scope="module")
-def tight_server():
+def local_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (64, 64), (0, 90, 200)).save(root / "blue.png")
+    Image.new("RGB", (64, 64), (0, 90, 200)).save(root.parent / "outside.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tight_server(local_root):
     model, processor = infimm_hd.build_model("tiny", seed=1)
     limits = ServerLimits(max_pending=1, request_timeout_s=1.5, max_tokens_ceiling=4000, default_max_tokens=16)
-    app = create_app(model, processor, limits, model_name="tiny", batching=BatchConfig(max_batch_size=1))
+    app = create_app(
+        model, processor, limits, model_name="tiny", batching=BatchConfig(max_batch_size=1), local_files_root=local_root
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -548,3 +558,13 @@ def test_a_client_leaving_mid_stream_frees_its_slot(tight_server):
         assert client.get("/health").json()["pending"] == 0, "the abandoned stream still holds its slot"
         r = client.post("/v1/chat/completions", json=body | {"stream": False, "max_tokens": 3})
         assert r.status_code == 200, r.text
+
+
+def test_local_files_over_http_only_inside_the_allowed_root(tight_server, local_root):
+    with httpx.Client(base_url=tight_server, timeout=30) as client:
+        for url in (str(local_root / "blue.png"), f"file://{local_root / 'blue.png'}", "blue.png"):
+            r = client.post("/v1/chat/completions", json={"messages": user("Colour?", url), "max_tokens": 2})
+            assert r.status_code == 200, f"{url}: {r.text}"
+        for url in (str(local_root.parent / "outside.png"), "../outside.png"):
+            r = client.post("/v1/chat/completions", json={"messages": user("Colour?", url), "max_tokens": 2})
+            assert r.status_code == 400 and "outside the allowed root" in r.json()["error"]["message"], r.text
