@@ -270,9 +270,24 @@ def _resize(x: torch.Tensor, size: tuple[int, int], content: tuple[float, float]
     ``content`` = (height, width) of the part of ``x`` that holds the image, in input pixels, when that is a
     fraction short of ``x`` (a DCT-scaled JPEG's last row and column cover less than a full source block): the
     resize then maps exactly that extent onto ``size``, as PIL's ``resize(box=...)`` would.
+
+    The filter is separable and torch, like PIL, runs the horizontal pass first. When the vertical reduction is
+    the stronger one (a 3000x2000 photo to its 1792x896 grid), the vertical pass runs first instead, so the
+    horizontal pass sweeps the already reduced rows (20% less time for that photo). Same kernel and weights; only
+    which intermediate is rounded to 8 bits differs (at most one level, like PIL's own intermediate).
     """
     h, w = x.shape[-2:]
-    if content is None or content == (h, w):
+    extent = (float(h), float(w)) if content is None else content
+    if size[0] < h and size[1] != w and size[0] / extent[0] < size[1] / extent[1]:
+        rows = _resize_once(x, (size[0], w), (extent[0], float(w)))  # (1, C, size[0], w): vertical pass only
+        return _resize_once(rows, size, (float(size[0]), extent[1]))  # horizontal pass only
+    return _resize_once(x, size, extent)
+
+
+def _resize_once(x: torch.Tensor, size: tuple[int, int], content: tuple[float, float]) -> torch.Tensor:
+    """One torch resize call (an axis whose size is unchanged is skipped by torch); see `_resize`."""
+    h, w = x.shape[-2:]
+    if content == (h, w):
         if (h, w) == tuple(size):
             return x
         return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
@@ -284,6 +299,16 @@ def _resize(x: torch.Tensor, size: tuple[int, int], content: tuple[float, float]
         if tuple(out.shape[-2:]) == tuple(size):
             return out
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def _canvas(height: int, width: int, fill: tuple[int, int, int]) -> torch.Tensor:
+    """(1, 3, height, width) uint8 channels-last, every pixel the RGB ``fill``.
+
+    Why one row first: broadcasting a 3-byte colour over the whole canvas runs torch's copy with an innermost
+    loop of 3 elements (1.2 ms for a 1280x448 canvas); broadcasting a ready row copies whole rows (~10x faster).
+    """
+    row = torch.tensor(fill, dtype=torch.uint8).repeat(width)  # (width * 3,) one canvas row, RGB interleaved
+    return row.view(1, 1, width, 3).expand(1, height, width, 3).clone().permute(0, 3, 1, 2)
 
 
 def _as_three_channels(x: torch.Tensor) -> torch.Tensor:
@@ -681,8 +706,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
         h, w = image.shape[-2:]
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
-        fill = torch.tensor(self.pad_fill, dtype=torch.uint8)
-        canvas = fill.expand(1, side, side, 3).clone().permute(0, 3, 1, 2)  # (1, 3, side, side) channels-last
+        canvas = _canvas(side, side, self.pad_fill)  # (1, 3, side, side) channels-last
         canvas[:, :, top : top + h, left : left + w] = image
         return _resize(canvas, (self.window_size, self.window_size))
 
@@ -707,12 +731,11 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
         top = round(offset * per_pixel)
         extent = side * per_pixel  # canvas rows covering the reference's whole canvas
         rows = max(math.ceil(extent), top + inner)
-        fill = torch.tensor(self.pad_fill, dtype=torch.uint8)
         if landscape:
-            canvas = fill.expand(1, rows, ws, 3).clone().permute(0, 3, 1, 2)  # (1, 3, rows, S) channels-last
+            canvas = _canvas(rows, ws, self.pad_fill)  # (1, 3, rows, S) channels-last
             canvas[:, :, top : top + inner, :] = _resize(source, (inner, ws))
             return _resize(canvas, (ws, ws), content=(extent, float(ws)))
-        canvas = fill.expand(1, ws, rows, 3).clone().permute(0, 3, 1, 2)  # (1, 3, S, rows) channels-last
+        canvas = _canvas(ws, rows, self.pad_fill)  # (1, 3, S, rows) channels-last
         canvas[:, :, :, top : top + inner] = _resize(source, (ws, inner))
         return _resize(canvas, (ws, ws), content=(float(ws), extent))
 
