@@ -290,6 +290,9 @@ def test_overlay_with_matplotlib(tmp_path):
     out = save_attention_overlay(image, _left_hot_heat(200, 300), tmp_path / "map.png", title="Q: where? A: left")
     picture = Image.open(out).convert("RGB")
     assert picture.width > 300 and picture.height >= 200, "image plus a colour bar"
+    long_title = "Q: where? A: " + "and then some more " * 200  # a rambling answer must not widen the figure
+    wide = Image.open(save_attention_overlay(image, _left_hot_heat(200, 300), tmp_path / "long.png", long_title))
+    assert wide.width <= picture.width + 10 and wide.height < picture.height + 60
 
 
 def test_overlay_without_matplotlib_uses_the_same_colours(tmp_path, monkeypatch):
@@ -309,6 +312,8 @@ def test_overlay_without_matplotlib_uses_the_same_colours(tmp_path, monkeypatch)
     out = save_attention_overlay(image, _left_hot_heat(200, 300), tmp_path / "map.png")
     picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
     assert picture.shape[1] > 300, "a legend sits right of the image"
+    titled = Image.open(save_attention_overlay(image, _left_hot_heat(200, 300), tmp_path / "t.png", "A: " + "x " * 999))
+    assert titled.width == picture.shape[1] and titled.height <= picture.shape[0] + 8 + 18 * 3
     hot, cold = picture[100, 75], picture[100, 225]
     assert hot[0] > cold[0] + 100, f"the hot half must be drawn in the hot colours: {hot} vs {cold}"
 

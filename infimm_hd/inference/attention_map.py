@@ -44,6 +44,7 @@ pixels); `save_attention_overlay` rescales to its maximum for display.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,7 +356,8 @@ def save_attention_overlay(image: ImageInput, heat: np.ndarray, path: str | Path
     uniform attention (`relative_density`) and spans the map's own minimum to maximum, so a nearly flat map (an
     untrained model) shows its small differences with labels that say how small they are. With matplotlib
     installed the figure is drawn by it (no pyplot state is touched); otherwise with PIL only, same colours.
-    `title` (e.g. the question and answer) is written above the picture.
+    `title` (e.g. the question and answer) is written above the picture, wrapped to its width and cut after
+    `TITLE_LINES` lines (a long answer must not make the figure wider than the image).
     """
     image = load_image(image)
     density = relative_density(np.asarray(heat, dtype=np.float64))
@@ -368,26 +370,41 @@ def save_attention_overlay(image: ImageInput, heat: np.ndarray, path: str | Path
         from matplotlib.colors import Normalize
         from matplotlib.figure import Figure
     except ImportError:
-        _save_overlay_pil(blended, path, title, _ticks(lo, hi))
+        _save_overlay_pil(blended, path, _title_lines(title, max(20, image.width // 8)), _ticks(lo, hi))
         return path
     dpi = 100
     scale = min(1.0, 1200 / max(image.size))  # at most 12 inches across
     img_w, img_h = image.width * scale / dpi, image.height * scale / dpi
-    title_h = 0.35 if title else 0.0
+    lines = _title_lines(title, max(30, int(img_w * 13)))  # ~13 characters per inch at 11 pt
+    title_h = 0.1 + 0.2 * len(lines) if lines else 0.0
     fig_w, fig_h = img_w + 1.3, img_h + title_h
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, img_w / fig_w, img_h / fig_h))
     ax.imshow(np.asarray(blended), interpolation="antialiased")
     ax.set_axis_off()
-    if title:
-        fig.text(0.005, 1 - 0.5 * title_h / fig_h, title, fontsize=11, va="center")
+    if lines:
+        fig.text(0.005, 1 - 0.5 * title_h / fig_h, "\n".join(lines), fontsize=11, va="center")
     cax = fig.add_axes(((img_w + 0.12) / fig_w, 0.0, 0.18 / fig_w, img_h / fig_h))
     bar = fig.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-9), cmap="inferno"), cax=cax)
     bar.set_label("attention density (x uniform)")
     bar.set_ticks([lo + f * (hi - lo) for f, _ in _ticks(lo, hi)], labels=[t for _, t in _ticks(lo, hi)])
     fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
     return path
+
+
+TITLE_LINES = 3
+
+
+def _title_lines(title: str | None, width: int) -> list[str]:
+    """`title` wrapped to `width` characters, at most `TITLE_LINES` lines, the last one ending in an ellipsis if cut."""
+    if not title:
+        return []
+    lines = textwrap.wrap(" ".join(title.split()), width=width) or [title.strip()]
+    if len(lines) > TITLE_LINES:
+        lines = lines[:TITLE_LINES]
+        lines[-1] = lines[-1][: width - 3].rstrip() + "..."
+    return lines
 
 
 def _font(size: int):
@@ -415,14 +432,14 @@ def _legend(height: int, font, ticks: list[tuple[float, str]]) -> Image.Image:
     return legend
 
 
-def _save_overlay_pil(blended: Image.Image, path: Path, title: str | None, ticks: list[tuple[float, str]]) -> None:
+def _save_overlay_pil(blended: Image.Image, path: Path, lines: list[str], ticks: list[tuple[float, str]]) -> None:
     """The PIL-only figure: title strip, blended image, colour bar (x uniform) on the right."""
     font = _font(14)
-    title_h = 28 if title else 0
+    title_h = 8 + 18 * len(lines) if lines else 0
     legend = _legend(blended.height, font, ticks)
     canvas = Image.new("RGB", (blended.width + legend.width, blended.height + title_h), (255, 255, 255))
     canvas.paste(blended, (0, title_h))
     canvas.paste(legend, (blended.width, title_h))
-    if title:
-        ImageDraw.Draw(canvas).text((6, 6), title, font=font, fill=(20, 20, 20))
+    if lines:
+        ImageDraw.Draw(canvas).text((6, 4), "\n".join(lines), font=font, fill=(20, 20, 20), spacing=4)
     canvas.save(path)
