@@ -183,7 +183,13 @@ def test_session_ask_batch_equals_individual_asks_and_shares_the_context(tiny_mo
     session = open_image(model, processor, coloured(4, seed=10))
     questions = ["a?", "What is in the middle of the picture?", "Colour?", "Is there text in it, and where?"]
     k_before = {i: kv[0].data_ptr() for i, kv in session.context.kv_cache.items()}
-    assert session.ask_batch(questions, **kw) == [session.ask(q, **kw) for q in questions]
+    block = next(iter(model.cross_attention_blocks().values()))
+    rows = []  # (text rows, k/v rows) each time the block's attention runs
+    hook = block.attn.register_forward_hook(lambda mod, args, out: rows.append((args[0].shape[0], args[1].shape[0])))
+    batched = session.ask_batch(questions, **kw)
+    hook.remove()
+    assert set(rows) == {(4, 1)}, f"4 questions should read one shared k/v row, saw (text rows, k/v rows) {rows}"
+    assert batched == [session.ask(q, **kw) for q in questions]
     assert {i: kv[0].data_ptr() for i, kv in session.context.kv_cache.items()} == k_before
 
 

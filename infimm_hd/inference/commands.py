@@ -177,7 +177,11 @@ def chat_main(argv: list[str] | None = None) -> int:
     while True:
         if interactive:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt leaves
+            print()
+            break
         if not line:  # EOF
             break
         question = line.strip()
@@ -193,8 +197,12 @@ def chat_main(argv: list[str] | None = None) -> int:
             print(f"unknown command {question.split()[0]!r}; {CHAT_HELP}", file=sys.stderr, flush=True)
             continue
         result = session.chat_stream(question, max_new_tokens=args.max_new_tokens)
-        for piece in result:
-            print(piece, end="", flush=True)
+        try:
+            for piece in result:
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C during an answer stops it; the partial answer stays in the history
+            result.close()
+            print(" [interrupted]", end="")
         print(flush=True)
         if args.timings:
             print(_timings_line(result.timings), file=sys.stderr, flush=True)
