@@ -11,6 +11,10 @@ runs only its own question tokens before decoding. `ask_batch` does not reuse th
 padded to a common length, which puts the shared tokens at different positions in each row; the prefix is a few
 dozen tokens, small beside the answers.
 
+Numerics: splitting the prompt's forward into a cached prefix and the rest (or batching with padding) computes the
+same function in a different order. In float32 the greedy answers equal fresh `answer` calls (the tests check it on
+tiny and SmolLM2-135M); in bf16 rounding can flip a near-tie between two tokens, as in any batched or cached decoding.
+
 >>> session = open_image(model, processor, "photo.jpg")
 >>> session.ask("What is in the picture?")
 >>> session.chat("What colour is it?"); session.chat("And its size?")  # a conversation
