@@ -22,6 +22,28 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower()).strip(" .,!?;:'\"")
 
 
+FINAL_ANSWER = re.compile(r"the answer is", re.IGNORECASE)
+
+
+def final_answer(text: str) -> str:
+    """The answer of a chain-of-thought generation: what follows its last "The answer is" (the format every "cot"
+    record's assistant turn ends with, `data_prep.cot.format_cot`), or the whole text when there is none.
+
+    >>> final_answer("3 + 5 = 8.\\nThe answer is 8.")
+    '8.'
+    """
+    pieces = FINAL_ANSWER.split(text)
+    return pieces[-1].strip().split("\n")[0].strip() if len(pieces) > 1 else text
+
+
+def score_answer(generated: str, expected: str, task: str) -> bool:
+    """Exact match of normalised answers; for "cot" records only the final answer counts, not the thought."""
+    if task == "cot":
+        generated = final_answer(generated).replace(",", "")
+        expected = expected.replace(",", "")
+    return normalize_answer(generated) == normalize_answer(expected)
+
+
 @dataclass
 class VQAResult:
     """Accuracy overall and per question type (`record["meta"]["qtype"]`), with the counts behind each."""
@@ -59,7 +81,8 @@ def evaluate_vqa(
     keep_examples: int = 0,
 ) -> VQAResult:
     """Greedy answers to every `tasks` record of `shards` (file order, first `limit`), scored by exact match of the
-    normalised answer against `record["answer"]`. `max_windows=0` shows the model only the thumbnails."""
+    normalised answer against `record["answer"]` (for "cot" records, of the final answer after the thought: pass
+    a `max_new_tokens` long enough for the thought). `max_windows=0` shows the model only the thumbnails."""
     result = VQAResult()
     model.eval()
     pending: list[Any] = []
@@ -77,7 +100,7 @@ def evaluate_vqa(
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for item, answer in zip(pending, answers, strict=True):
-            ok = normalize_answer(answer) == normalize_answer(item.record["answer"])
+            ok = score_answer(answer, item.record["answer"], item.record["task"])
             qtype = item.record.get("meta", {}).get("qtype", "all")
             result.correct += ok
             result.total += 1
