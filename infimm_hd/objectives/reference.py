@@ -49,7 +49,8 @@ class SwappedReference:
     @contextmanager
     def swapped_in(self, model: nn.Module) -> Iterator[nn.Module]:
         """Yields `model` running as the reference inside the block (use it under `torch.no_grad()`); restored on
-        exit, also on an exception. (Any object with this method can serve as the objective's `reference`.) Every snapshot name must still be a parameter of `model`, with its shape."""
+        exit, also on an exception. Every snapshot name must still be a parameter of `model`, with its shape. (Any
+        object with this method can serve as the objective's `reference`; the module it yields is what runs.)"""
         params = dict(model.named_parameters())
         stash: dict[str, torch.Tensor] = {}
         try:

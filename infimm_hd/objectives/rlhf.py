@@ -288,6 +288,8 @@ class RLHFObjective:
         """Score a rollout, run the reference and the graded pass, and return the RLOO / PPO loss (see the module
         docstring). The lists hold one entry per response (B,)."""
         mask = rollout.response_mask  # (B, R)
+        if isinstance(self.raw_reward, SequenceClassifierReward):  # a reward model runs where the policy runs
+            self.raw_reward.model.to(mask.device)
         scores, raw_scores = self.score(prompt_texts, responses, references, rollout.finished.cpu())
         scores = scores.to(mask.device)
         ref_logp = self.reference_logprobs(model, rollout)  # (B, R)
