@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import torch
 from conftest import make_image, randomize_gates
@@ -141,6 +140,12 @@ class ServerProcess:
         raise RuntimeError(f"server did not answer /health in {start_timeout} s:\n{log_path.read_text()}")
 
     def rss(self) -> int:
+        """Resident bytes of the server process (psutil when installed, else /proc)."""
+        try:
+            import psutil
+        except ImportError:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
         return psutil.Process(self.proc.pid).memory_info().rss
 
     def stop(self) -> None:
@@ -426,8 +431,12 @@ def test_100_concurrent_requests_are_batched_with_no_5xx_and_bounded_memory(serv
     rows = health_after["rows_run"] - health_before["rows_run"]
     batches = health_after["batches_run"] - health_before["batches_run"]
     assert rows == 100 and batches <= 50, f"100 requests ran in {batches} batches: requests were not batched"
+    # A leak of what a request holds (its tiled images: 2 crops x 2.4 MB) would add ~480 MB per round. Allocator
+    # noise is large (glibc arenas of the preparation threads keep freed pages): 8 rounds in a row measured
+    # 1228-1389 MB with no trend, rounds apart by up to 145 MB, hence the 256 MB bound.
     growth = (rss_after - rss_before) / 2**20
-    assert growth < 64, f"server RSS grew {growth:.0f} MB over a second round of 100 requests (leak?)"
+    print(f"server RSS {rss_before / 2**20:.0f} MB -> {rss_after / 2**20:.0f} MB; {rows} rows in {batches} batches")
+    assert growth < 256, f"server RSS grew {growth:.0f} MB over a second round of 100 requests (leak?)"
     assert health_after["pending"] == 0 and health_after["queued"] == 0
 
 
