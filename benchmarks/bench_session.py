@@ -6,18 +6,20 @@ cross-attention k/v and prefills the whole conversation. A session follow-up (`s
 that: the image was encoded at `open_image`, and the conversation so far sits in the reused text KV cache, so only
 the new question's tokens are prefilled before decoding. Target: follow-up latency >= 3x lower.
 
-How: SmolLM2-135M (the real LLM, de-quantised from the shipped GGUF to fp32 by default; `--dtype bf16` casts it)
-with the `smollm2-135m` preset's vision tower (random ViT: 4 layers, width 192, 257 tokens per crop, 2,570 keys over
-10 crops), or with `--tower paper-ratio` a ViT whose size relative to the LLM is the paper's (EVA02-CLIP-E : Vicuna-13B
-~ 0.34; here 24 layers x 384 wide = 42.5M parameters, 1,025 tokens per crop). The image is a JPEG in memory, so both
-sides pay nothing for the disk. One first turn is answered in a session (untimed); each repetition then asks the
-same follow-up either fresh, with the first turn as history, or in a `fork()` of that session (same state every
-time), interleaved (A B, B A, ...) after a warm-up. Both produce exactly `--new-tokens` tokens (min = max) and the
-answers are checked equal. Medians are reported; the per-phase timings come from the streams' `.timings`.
+How: SmolLM2-135M (the real LLM, de-quantised from the shipped GGUF) with a random ViT. By default the ViT has the
+paper's size relative to the LLM (`--tower paper-ratio`: EVA02-CLIP-E : Vicuna-13B ~ 0.34; here 24 layers x 384 wide
+= 43M parameters, 1,025 tokens per 448 crop, 10,250 keys over 10 crops), in bf16 (AMX matmuls). `--tower preset` uses
+the `smollm2-135m` preset's toy ViT instead (4 layers x 192, 2.3M parameters, 257 tokens per crop): at 1/60 of the
+LLM it costs about as much as three decoded tokens, so a session saves little there beyond the first token. The
+image is a JPEG in memory, so neither side pays for the disk. One first turn is answered in a session (untimed);
+each repetition then asks the same follow-up either fresh, with the first turn as history, or in a `fork()` of that
+session (the same state every time), interleaved (A B, B A, ...) after a warm-up. Both produce exactly
+`--new-tokens` tokens (min = max) and the answers are checked equal. Medians are reported; the per-phase figures come
+from the streams' `.timings`, and the speedup is projected to other answer lengths from the measured phases.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_session.py            # ~2 min on 2 quiet cores
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_session.py --quick    # 2 repetitions
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_session.py --tower paper-ratio --dtype bf16
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_session.py                    # ~3 min on 2 loaded cores
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_session.py --quick            # 2 repetitions, ~1.5 min
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_session.py --tower preset --dtype fp32
 """
 
 from __future__ import annotations
@@ -77,16 +79,16 @@ def jpeg_1344(seed: int = 0) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 repetitions instead of 7")
+    parser.add_argument("--quick", action="store_true", help="2 repetitions instead of 5")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="default fp32 (the GGUF de-quantised)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="both sides (default bf16)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=8, help="answer length, both sides (default 8: short VQA)")
-    parser.add_argument("--tower", choices=["preset", "paper-ratio"], default="preset")
+    parser.add_argument("--tower", choices=["preset", "paper-ratio"], default="paper-ratio", help="the ViT (see above)")
     args = parser.parse_args()
     setup_torch(args.threads)
     dtype = DTYPES[args.dtype]
-    reps = args.reps or (2 if args.quick else 7)
+    reps = args.reps or (2 if args.quick else 5)
     model, processor = build(args.tower, dtype)
     print(machine_line(dtype))
     tokens_per_crop = model.vision_tower(torch.zeros(1, 3, 448, 448)).shape[1]
