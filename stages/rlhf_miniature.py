@@ -12,6 +12,16 @@
    reward = exact match of the decoded response with the record's answer, KL penalty to the starting model.
 4. Writes `OUT/rlhf_curves.json` (reward, KL, EOS rate, response length per step, both algorithms; held-out greedy
    accuracy before and after) and `OUT/rlhf_reward.png`.
+
+Measured (default budget, one run, a 2-core CPU shared with other jobs, 11 minutes): the text-only base already
+answers in the right format (EOS on 100% of samples, 3 tokens: " 7<|endofchunk|>") and gets 12.5% of the 48 held-out
+questions. Mean reward per quarter of the 40 steps: RLOO 0.17, 0.14, 0.13, 0.26; PPO 0.17, 0.16, 0.13, 0.26. KL to
+the reference stayed bounded (per-step mean over responses at most 0.42 nats, RLOO, and 0.27, PPO; last-8-step means
+0.10 and 0.03), and held-out greedy accuracy went to 14.6% for both (7 of 48 instead of 6). So the loop is stable and
+bounded, but this budget does not show a reward rise: the policy barely moved (KL ~0.05 nats), and the two curves
+are nearly identical because both runs draw the same prompts and the same sampling seeds (rollouts are seeded by
+(seed, step, rank, micro-batch)), so the per-step ups and downs are which prompts came up, not learning. 16 samples
+per step give a per-step standard error of ~0.1 on a ~0.2 reward.
 """
 
 from __future__ import annotations
