@@ -23,7 +23,7 @@ from infimm_hd.objectives import RLHFObjective, build_objective
 from infimm_hd.objectives.rewards import CallableReward
 from infimm_hd.objectives.rl_math import logprobs_of
 from infimm_hd.objectives.rlhf import METRIC_KEYS
-from infimm_hd.objectives.rollout import Rollout, position_ids_from, response_mask
+from infimm_hd.objectives.rollout import Rollout, position_ids_from, prompts_from_batch, response_mask
 from infimm_hd.training.data import LoaderConfig, StreamingLoader
 from infimm_hd.training.trainable import TrainableSpec, apply_trainable
 from stages import stage4_instruction_tuning
@@ -303,3 +303,29 @@ def test_stage4_trains_with_rlhf_and_resumes_to_the_uninterrupted_run(data, tmp_
         heads = [load_file(c / "objective_module.safetensors") for c in ckpts]
         assert torch.equal(heads[0]["proj.weight"], heads[1]["proj.weight"]), "value head differs after resume"
         assert heads[0]["proj.weight"].abs().sum() > 0, "the value head trained"
+
+
+def test_prompts_come_from_answers_in_vqa_rows_and_from_the_batch_for_prompt_rows():
+    """A vqa row: the prompt ends at the first label token, the reference is the decoded answer. A "prompt" row (no
+    labels): the generation prompt is appended and the reference comes from `batch["answers"]` when present."""
+    _, processor = tiny_model()
+    tok = processor.tokenizer
+    question = [{"role": "user", "content": [{"type": "text", "text": "What is 3+4?"}]}]
+    answered = question + [{"role": "assistant", "content": [{"type": "text", "text": "7"}]}]
+    vqa = processor.apply_chat_template(answered, tokenize=True, return_dict=True, return_labels=True)
+    bare = processor.apply_chat_template(question, tokenize=True, return_dict=True, return_labels=True)
+    with_prompt = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=True)[0]
+    width = vqa["input_ids"].shape[1]
+    zeros = torch.zeros(2, width, dtype=torch.long)
+    batch = {"input_ids": zeros.clone(), "attention_mask": zeros.clone(), "labels": torch.full((2, width), -100),
+             "answers": [None, "7"]}  # fmt: skip
+    for row, enc in enumerate((vqa, bare)):
+        n = enc["input_ids"].shape[1]
+        batch["input_ids"][row, :n], batch["attention_mask"][row, :n] = enc["input_ids"][0], 1
+        batch["labels"][row, :n] = enc["labels"][0]
+    gen_ids = tok(" ASSISTANT:", add_special_tokens=False)["input_ids"]
+    prompts = prompts_from_batch(batch, tok, gen_ids)
+    assert prompts.references == ["7", "7"]
+    for row in range(2):  # both rows hold exactly the generation-ready prompt, left-padded
+        kept = prompts.input_ids[row][prompts.attention_mask[row].bool()]
+        assert kept.tolist() == with_prompt.tolist(), (row, tok.decode(kept))

@@ -85,7 +85,9 @@ def prompts_from_batch(batch: dict[str, Any], tokenizer, generation_prompt_ids: 
             first = int(scored[0])
             rows.append(input_ids[b, :first].tolist())
             target = labels[b, first:length]
-            references.append(tokenizer.decode(target[target != IGNORE_INDEX].tolist(), skip_special_tokens=True))
+            references.append(
+                tokenizer.decode(target[target != IGNORE_INDEX].tolist(), skip_special_tokens=True).strip()
+            )
         else:
             rows.append(input_ids[b, :length].tolist() + list(generation_prompt_ids))
             references.append(None)
