@@ -651,3 +651,48 @@ def test_thumbnail_only_matches_reference_and_the_windowed_thumbnail(proc, name,
 def test_negative_window_budget_is_rejected(proc):
     with pytest.raises(ValueError, match="max_windows"):
         proc.process(np.zeros((8, 8, 3), np.uint8), max_windows=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast-path building blocks against straightforward implementations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hw", "size"),
+    [((2000, 3000), (896, 1792)), ((1080, 1920), (896, 1792)), ((896, 1792), (720, 448)), ((480, 640), (448, 448))],
+)
+def test_resize_order_changes_only_the_intermediate_rounding(hw, size):
+    """Vertical pass first (when it reduces more) vs torch's single call (horizontal first): <= 2 levels, unbiased.
+
+    The intermediate is rounded to 8 bits after the other pass; bicubic's negative lobes can amplify that half
+    level to 2 at a sharp edge, and a few % of pixels differ by 1.
+    """
+    x = torch.from_numpy(np.asarray(photo("astronaut", hw[::-1]))).unsqueeze(0).permute(0, 3, 1, 2)  # (1,3,h,w) CL
+    one_call = torch.nn.functional.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    got = ip._resize(x, size)
+    diff = (got.int() - one_call.int()).abs()
+    vertical_first = size[0] / hw[0] < size[1] / hw[1]
+    assert diff.max() <= (2 if vertical_first else 0), f"resize order changed pixels by {diff.max()} levels"
+    assert diff.float().mean() < 0.1 and abs((got.float() - one_call.float()).mean()) < 0.01, "rounding is biased"
+
+
+def test_canvas_is_the_fill_colour_in_channels_last():
+    canvas = ip._canvas(7, 5, (122, 116, 104))
+    expected = torch.tensor([122, 116, 104], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 7, 5)
+    assert torch.equal(canvas, expected), "canvas pixels are not the fill colour"
+    assert canvas.is_contiguous(memory_format=torch.channels_last), "resize's fast uint8 path wants channels-last"
+
+
+def test_fused_normalisation_equals_the_textbook_formula(proc):
+    """pixel_values are ((x / 255) - mean) / std of the 8-bit crops, computed here one crop at a time."""
+    data = encode(photo("rocket", (1920, 1080)), "JPEG", quality=90)
+    opened = proc._open(data)
+    plan = plan_tiles(opened.width, opened.height, window_size=WS, max_windows=9)
+    grid, thumbnail = proc._tile(proc._decode(opened, plan), opened, plan)
+    crops = [thumbnail[0]] + [
+        grid[0, :, r * WS : (r + 1) * WS, c * WS : (c + 1) * WS] for r in range(plan.rows) for c in range(plan.cols)
+    ]
+    expected = torch.stack([(crop.float() / 255.0 - MEAN[0]) / STD[0] for crop in crops])  # (N, 3, S, S)
+    got = proc.process(data).pixel_values
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0, msg="fused normalisation drifted")
