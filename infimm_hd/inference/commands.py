@@ -124,9 +124,12 @@ def ask_main(argv: list[str] | None = None) -> int:
     if args.attention_map:
         from .attention_map import answer_attention_map, save_attention_overlay
 
-        heat = answer_attention_map(
-            model, processor, image, args.question, answer, max_windows=args.max_windows, system=args.system
-        )
+        try:
+            heat = answer_attention_map(
+                model, processor, image, args.question, answer, max_windows=args.max_windows, system=args.system
+            )
+        except (ValueError, RuntimeError) as err:  # e.g. an empty answer has no tokens to map
+            return _fail(f"no attention map: {err}")
         path = save_attention_overlay(image, heat, args.attention_map, title=f"Q: {args.question}  A: {answer}")
         report["attention_map"] = str(path)
         if not args.json:
