@@ -153,6 +153,8 @@ def test_batches_equal_the_processor_output_right_padded(mixed, tiny_processor, 
     loader = StreamingLoader(_config(shards, batch_size=4, shuffle_buffer=0, bucket_pool=0), tiny_processor)
     batches = _take(loader, 6)
     assert [k for b in batches for k in b["keys"]] == [r["id"] for r in records], "shuffle off must keep file order"
+    for batch in batches:  # the reference answers ride along (RLHF rewards read them)
+        assert batch["answers"] == [by_key[k].get("answer") for k in batch["keys"]]
     pad_id = tiny_processor.tokenizer.pad_token_id
     for batch in batches:
         convs = [by_key[k]["messages"] for k in batch["keys"]]

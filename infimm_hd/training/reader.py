@@ -54,6 +54,7 @@ class Pending:
     messages: list[dict[str, Any]]
     images: list[bytes]
     length: int  # tokens
+    answer: str | None = None  # the record's reference answer (RLHF rewards read it from `batch["answers"]`)
 
 
 @dataclass
@@ -107,14 +108,14 @@ class ReaderStream(IterableDataset):
             planned, delivered = skip, 0
             for pending in batches:
                 planned += 1
-                samples, keys = self._encode(pending, counters)
+                samples, keys, answers = self._encode(pending, counters)
                 if not samples:
                     counters["empty_batches"] += 1
                     continue
                 counters["samples"] += len(samples)
                 delivered += 1
                 batch = collate(samples, self.processor.tokenizer.pad_token_id)
-                batch.update(keys=keys, epoch=epoch)
+                batch.update(keys=keys, answers=answers, epoch=epoch)
                 yield batch, (worker, epoch, planned, dict(counters))
             if planned == 0:
                 raise RuntimeError(
@@ -184,11 +185,14 @@ class ReaderStream(IterableDataset):
             if length > cfg.max_length:
                 counters["too_long"] += 1
                 continue
-            yield Pending(key, record["messages"], [sample[n] for n in names], length)
+            yield Pending(key, record["messages"], [sample[n] for n in names], length, record.get("answer"))
 
-    def _encode(self, pending: list[Pending], counters: Counter[str]) -> tuple[list[dict[str, Any]], list[str]]:
-        """Decode, tile and tokenise a batch's samples; a sample whose image fails is dropped and counted."""
-        samples, keys = [], []
+    def _encode(
+        self, pending: list[Pending], counters: Counter[str]
+    ) -> tuple[list[dict[str, Any]], list[str], list[str | None]]:
+        """Decode, tile and tokenise a batch's samples; a sample whose image fails is dropped and counted.
+        Returns the encoded samples with their keys and reference answers."""
+        samples, keys, answers = [], [], []
         for item in pending:
             counters["images_decoded"] += len(item.images)
             try:
@@ -201,7 +205,8 @@ class ReaderStream(IterableDataset):
                 continue
             samples.append(encoded)
             keys.append(item.key)
-        return samples, keys
+            answers.append(item.answer)
+        return samples, keys, answers
 
 
 def _every(items: Iterable[Any], offset: int, step: int) -> Iterator[Any]:
