@@ -61,6 +61,22 @@ def _timings_line(timings) -> str:
     )
 
 
+def _image_and_model(args: argparse.Namespace) -> tuple[Image.Image, Any, Any] | int:
+    """(image, model, processor) for `ask` / `chat`, or the exit code after a one-line error (nothing is loaded
+    before the cheap checks pass)."""
+    if args.max_new_tokens < 1:
+        return _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    try:
+        image = _read_image(args.image)
+    except ValueError as err:
+        return _fail(str(err))
+    try:
+        model, processor = _load(args)
+    except (OSError, ValueError) as err:
+        return _fail(f"cannot load the model {args.model!r}: {err}")
+    return image, model, processor
+
+
 # -- ask ------------------------------------------------------------------------------------------------------------
 def ask_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -81,16 +97,10 @@ def ask_parser() -> argparse.ArgumentParser:
 
 def ask_main(argv: list[str] | None = None) -> int:
     args = ask_parser().parse_args(argv)
-    if args.max_new_tokens < 1:
-        return _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    try:
-        image = _read_image(args.image)
-    except ValueError as err:
-        return _fail(str(err))
-    try:
-        model, processor = _load(args)
-    except (OSError, ValueError) as err:
-        return _fail(f"cannot load the model {args.model!r}: {err}")
+    loaded = _image_and_model(args)
+    if isinstance(loaded, int):
+        return loaded
+    image, model, processor = loaded
 
     from .answer import stream
 
@@ -159,16 +169,10 @@ def chat_parser() -> argparse.ArgumentParser:
 
 def chat_main(argv: list[str] | None = None) -> int:
     args = chat_parser().parse_args(argv)
-    if args.max_new_tokens < 1:
-        return _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    try:
-        image = _read_image(args.image)
-    except ValueError as err:
-        return _fail(str(err))
-    try:
-        model, processor = _load(args)
-    except (OSError, ValueError) as err:
-        return _fail(f"cannot load the model {args.model!r}: {err}")
+    loaded = _image_and_model(args)
+    if isinstance(loaded, int):
+        return loaded
+    image, model, processor = loaded
 
     from .session import open_image
 
