@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_prep.synthetic import generate
@@ -52,6 +52,7 @@ class Budget:
     learning_rate: float = 3e-4
     max_new_tokens: int = 6
     kl_coef: float = 0.05
+    qtype_mix: tuple[float, ...] = (0.5, 0.0, 0.5, 0.0)  # digit, colour, count, pattern (data_prep.synthetic.QTYPES)
 
 
 QUICK = Budget(images_train=32, images_heldout=8, base_steps=10, rl_steps=4, prompts=2, k=2)
@@ -123,10 +124,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/rlhf-miniature"))
     parser.add_argument("--quick", action="store_true", help="a smoke run (minutes -> a minute)")
+    parser.add_argument("--learning-rate", type=float, help=f"RL stage peak LR (default {Budget.learning_rate})")
+    parser.add_argument("--rl-steps", type=int, help=f"RL steps per algorithm (default {Budget.rl_steps})")
+    parser.add_argument("--k", type=int, help=f"samples per prompt (default {Budget.k})")
+    parser.add_argument("--kl-coef", type=float, help=f"KL penalty (default {Budget.kl_coef})")
+    parser.add_argument("--max-new-tokens", type=int, help=f"rollout length (default {Budget.max_new_tokens})")
+    parser.add_argument("--qtype-mix", type=float, nargs=4, help="digit colour count pattern question weights")
     args = parser.parse_args(argv)
     budget, out, started = (QUICK if args.quick else Budget()), args.out, time.perf_counter()
+    overrides = {"learning_rate": args.learning_rate, "rl_steps": args.rl_steps, "k": args.k,
+                 "kl_coef": args.kl_coef, "max_new_tokens": args.max_new_tokens,
+                 "qtype_mix": tuple(args.qtype_mix) if args.qtype_mix else None}  # fmt: skip
+    budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
     generate(out / "data", num_images_train=budget.images_train, num_images_heldout=budget.images_heldout,
-             tasks=("vqa",), grids=((1, 3),), qtype_mix=(0.5, 0.0, 0.5, 0.0), workers=1)  # fmt: skip
+             tasks=("vqa",), grids=((1, 3),), qtype_mix=budget.qtype_mix, pattern=budget.qtype_mix[3] > 0,
+             workers=1)  # fmt: skip
     base = base_model(out, budget)
     results: dict = {"budget": budget.__dict__, "base_accuracy": accuracy(base, out, budget.images_heldout)}
     for algorithm in ALGORITHMS:

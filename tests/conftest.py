@@ -14,6 +14,19 @@ import infimm_hd
 WINDOWS_TO_SIZE = {1: (448, 448), 4: (896, 896), 9: (1344, 1344), 6: (1344, 896)}
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (its mixed precision cannot change once set), and stage scripts run
+    in-process in many tests with different precisions: reset it after every test so no test inherits another's."""
+    yield
+    try:
+        from accelerate.state import AcceleratorState, GradientState
+    except ImportError:  # the train extra is not installed: nothing to reset
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def make_image(windows: int, seed: int) -> Image.Image:
     """A random RGB image whose tiling plan has `windows` windows."""
     w, h = WINDOWS_TO_SIZE[windows]
