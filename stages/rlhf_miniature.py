@@ -1,10 +1,10 @@
 """Direct RLHF in miniature: RLOO and PPO with the exact-match rule reward on the synthetic VQA set, tiny preset.
 
-    python -m stages.rlhf_miniature --out runs/rlhf-miniature            # ~8 minutes on a 2-core CPU
+    python -m stages.rlhf_miniature --out runs/rlhf-miniature            # ~7 minutes on a 2-core CPU
     python -m stages.rlhf_miniature --out /tmp/rlhf-mini --quick         # a 1-minute smoke run
 
-1. `data_prep.synthetic`: 1x3-window canvases with corner digits; VQA digit and count questions ("What digit is in
-   the top-left corner?" -> "7", "How many corners have a digit?" -> "3"), a held-out split.
+1. `data_prep.synthetic`: 1x3-window canvases with a fine-pattern square; VQA "What pattern fills the square?" ->
+   horizontal / vertical / checkered / plain (1-px patterns that only the windows resolve), a held-out split.
 2. The base model: the tiny preset's LLM is random, so (as in `stages.demo`) it first learns the *text* of the training
    conversations, without images: a stand-in for the pretraining a real LLM brings. No multimodal SFT follows: the
    RLHF is direct, from this model, which is also the reference.
@@ -13,15 +13,14 @@
 4. Writes `OUT/rlhf_curves.json` (reward, KL, EOS rate, response length per step, both algorithms; held-out greedy
    accuracy before and after) and `OUT/rlhf_reward.png`.
 
-Measured (default budget, one run, a 2-core CPU shared with other jobs, 11 minutes): the text-only base already
-answers in the right format (EOS on 100% of samples, 3 tokens: " 7<|endofchunk|>") and gets 12.5% of the 48 held-out
-questions. Mean reward per quarter of the 40 steps: RLOO 0.17, 0.14, 0.13, 0.26; PPO 0.17, 0.16, 0.13, 0.26. KL to
-the reference stayed bounded (per-step mean over responses at most 0.42 nats, RLOO, and 0.27, PPO; last-8-step means
-0.10 and 0.03), and held-out greedy accuracy went to 14.6% for both (7 of 48 instead of 6). So the loop is stable and
-bounded, but this budget does not show a reward rise: the policy barely moved (KL ~0.05 nats), and the two curves
-are nearly identical because both runs draw the same prompts and the same sampling seeds (rollouts are seeded by
-(seed, step, rank, micro-batch)), so the per-step ups and downs are which prompts came up, not learning. 16 samples
-per step give a per-step standard error of ~0.1 on a ~0.2 reward.
+Measured (2026-11-25, default budget, one run, a 2-core CPU shared with other jobs, 7 minutes): the 150-step text
+base spells its answers badly (greedy held-out accuracy 0%; sampled reward 0.3% in the first quarter). Mean sampled
+reward by quarter of the 80 steps: RLOO 0.3%, 2.3%, 7.5%, 6.9% (held-out greedy accuracy 0% -> 12.5%); PPO 0.3%,
+0.6%, 1.6%, 1.6% (held-out 0%). KL to the reference stayed bounded (quarter means 0.37-0.59 nats per response for
+RLOO, 0.16-0.36 for PPO), EOS on 84-91% of samples. So RLOO raises the reward from almost nothing while the KL
+penalty holds the policy near the reference; PPO (one update per rollout, a value head learning from scratch) moves
+far less in the same steps. Earlier runs on corner-count questions (answers 1-4, already in the base's format)
+showed no reliable rise: 0.20 -> 0.27 at LR 1e-3 and 0.26 -> 0.24 at 2e-3, within per-step noise.
 """
 
 from __future__ import annotations
@@ -46,13 +45,13 @@ class Budget:
     images_train: int = 256
     images_heldout: int = 48
     base_steps: int = 150  # the text-only base-LLM stage
-    rl_steps: int = 40  # per algorithm
+    rl_steps: int = 80  # per algorithm
     prompts: int = 4  # per step
-    k: int = 4  # samples per prompt (both algorithms: the same samples per step)
-    learning_rate: float = 3e-4
-    max_new_tokens: int = 6
+    k: int = 8  # samples per prompt (both algorithms: the same samples per step)
+    learning_rate: float = 1e-3
+    max_new_tokens: int = 12  # "horizontal" is 10 bytes + the end token
     kl_coef: float = 0.05
-    qtype_mix: tuple[float, ...] = (0.5, 0.0, 0.5, 0.0)  # digit, colour, count, pattern (data_prep.synthetic.QTYPES)
+    qtype_mix: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)  # digit, colour, count, pattern (data_prep.synthetic.QTYPES)
 
 
 QUICK = Budget(images_train=32, images_heldout=8, base_steps=10, rl_steps=4, prompts=2, k=2)
