@@ -35,6 +35,10 @@ bench: $(BIN)/.installed
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_stage3_memory.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_loader_vs_step.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_mfu_stage4.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_preprocess.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_session.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_server.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_rlhf_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
