@@ -13,7 +13,6 @@ GSM8K and for `data_prep.synthetic`. Lines without "####" are skipped and counte
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from .shards import (
     add_output_arguments,
     build,
     input_fingerprint,
+    jsonl_samples,
     make_record,
     message,
     text_part,
@@ -83,32 +83,20 @@ def cot_samples(
     strip_calculator: bool = False,
 ) -> Iterator[Sample | Skipped]:
     """The "cot" samples of a GSM8K-style JSONL file, in line order."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
-                continue
-            sample_id = f"line{n + 1}"
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise SkipSample("bad_row", "not a JSON object")
-                sample_id = str(row.get("id", sample_id))
-                question, answer = row.get(question_field), row.get(answer_field)
-                if not isinstance(question, str) or not question.strip() or not isinstance(answer, str):
-                    raise SkipSample("missing_field", f"needs string {question_field!r} and {answer_field!r}")
-                reasoning, final = parse_gsm8k_answer(answer, strip_calculator)
-            except ValueError as e:
-                yield Skipped(sample_id, "bad_row", str(e))
-                continue
-            except SkipSample as e:
-                yield Skipped(sample_id, e.reason, e.detail)
-                continue
-            messages = [
-                message("user", text_part(question)),
-                message("assistant", text_part(format_cot(reasoning, final))),
-            ]
-            meta = {"source": "data_prep.cot", "file": path.name, "line": n + 1}
-            yield Sample(make_record(sample_id, "cot", messages, answer=final, meta=meta), [], split)
+
+    def convert(row: dict[str, Any], sample_id: str, line: int) -> Sample:
+        question, answer = row.get(question_field), row.get(answer_field)
+        if not isinstance(question, str) or not question.strip() or not isinstance(answer, str):
+            raise SkipSample("missing_field", f"needs string {question_field!r} and {answer_field!r}")
+        reasoning, final = parse_gsm8k_answer(answer, strip_calculator)
+        messages = [
+            message("user", text_part(question)),
+            message("assistant", text_part(format_cot(reasoning, final))),
+        ]
+        meta = {"source": "data_prep.cot", "file": path.name, "line": line}
+        return Sample(make_record(sample_id, "cot", messages, answer=final, meta=meta), [], split)
+
+    return jsonl_samples(path, convert)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -16,7 +16,6 @@ reason in `OUT/manifest.json`. Re-running with the same arguments does nothing.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from .shards import (
     build,
     image_part,
     input_fingerprint,
+    jsonl_samples,
     make_record,
     message,
     resolve_path,
@@ -74,27 +74,15 @@ def rlhf_record(row: dict[str, Any], sample_id: str, task: str) -> dict[str, Any
 
 def rlhf_samples(path: Path, task: str, image_root: Path, split: str = "train") -> Iterator[Sample | Skipped]:
     """The `task` samples of a JSONL file, in line order."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
-                continue
-            sample_id = f"line{n + 1}"
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise SkipSample("bad_row", "not a JSON object")
-                sample_id = str(row.get("id", sample_id))
-                image = row.get("image")
-                if image is not None and not isinstance(image, str):
-                    raise SkipSample("bad_row", "image must be one path")
-                record = rlhf_record(row, sample_id, task)
-            except ValueError as e:
-                yield Skipped(sample_id, "bad_row", str(e))
-                continue
-            except SkipSample as e:
-                yield Skipped(sample_id, e.reason, e.detail)
-                continue
-            yield Sample(record, [resolve_path(image, image_root)] if image else [], split)
+
+    def convert(row: dict[str, Any], sample_id: str, line: int) -> Sample:
+        image = row.get("image")
+        if image is not None and not isinstance(image, str):
+            raise SkipSample("bad_row", "image must be one path")
+        record = rlhf_record(row, sample_id, task)
+        return Sample(record, [resolve_path(image, image_root)] if image else [], split)
+
+    return jsonl_samples(path, convert)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,32 @@ class Skipped:
     id: str
     reason: str
     detail: str = ""
+
+
+def jsonl_samples(path: Path, convert: Callable[[dict[str, Any], str, int], Sample]) -> Iterator[Sample | Skipped]:
+    """`convert(row, sample_id, line_number)` for every non-blank line of a JSONL file, in line order.
+
+    The id is the row's "id", else "line<N>". A line that is not a JSON object, or that `convert` rejects with a
+    `ValueError` or `SkipSample`, becomes a `Skipped` with its reason: one bad row never stops a file.
+    """
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            sample_id = f"line{n + 1}"
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise SkipSample("bad_row", "not a JSON object")
+                sample_id = str(row.get("id", sample_id))
+                sample = convert(row, sample_id, n + 1)
+            except SkipSample as e:
+                yield Skipped(sample_id, e.reason, e.detail)
+                continue
+            except ValueError as e:  # json.JSONDecodeError included
+                yield Skipped(sample_id, "bad_row", str(e))
+                continue
+            yield sample
 
 
 def sample_key(record_id: str) -> str:
