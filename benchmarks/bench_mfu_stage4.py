@@ -17,10 +17,12 @@ Model FLOPs (2 per multiply-add), over the real (unpadded) tokens:
 `torch.utils.flop_counter.FlopCounterMode` cross-checks one step; it counts what runs (padding, the full attention
 square), so the same analytic sum is also printed counted that way.
 
-The baseline is the training loop's recipe (fp32 weights, bf16 autocast, `torch.optim.AdamW` defaults; the MFU
-result is this one's). Interleaved with it run three candidate library changes, each added to the previous: fused
-AdamW; no padding mask (causal-only attention, exact for right-padded batches); every `nn.Linear` weight stored in
-bf16, with fp32 master copies for the trained ones (autocast kept: the same numbers without the per-forward casts).
+The result is the training loop's recipe: fp32 weights, bf16 autocast, `torch.optim.AdamW(fused=True)` and the
+`SFTObjective` itself, which drops the padding mask of the loader's right-padded batches (exact: pads follow every
+real token) and asks the model for logits only at the positions a label is scored (`logits_to_keep`). Interleaved
+with it run the loop's previous recipe (Hugging Face's loss over all logits, foreach AdamW, dense padding mask),
+that plus fused AdamW and no mask, and one candidate change: every `nn.Linear` weight stored in bf16, with fp32
+master copies for the trained ones (autocast kept: the same numbers without the per-forward casts).
 A profile of one baseline step says where the time goes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_mfu_stage4.py [--quick] [--reps 3] [--no-variants]
@@ -47,6 +49,8 @@ from bench_stage3_memory import (
 )
 from common import BackgroundLoad, interleaved, machine_line, median, result_line, setup_torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from infimm_hd.objectives import SFTObjective
 
 TARGET = 0.30
 WORDS = "the a an image shows red blue green digit corner window left right top small large of with and in on"
@@ -137,19 +141,20 @@ def matmul_peak(size: int = 4096, tries: int = 5) -> float:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a step runs. The first is the training loop's; each next one adds one change to the previous."""
+    """How a step runs. The first is the training loop's (the MFU result); the others are for comparison."""
 
     name: str
     fused_adamw: bool = False  # torch.optim.AdamW(fused=True): one kernel per step instead of ~10 passes per tensor
     causal_only: bool = False  # no padding mask: exact for right-padded batches (pads follow every real token)
     bf16_linears: bool = False  # nn.Linear weights stored in bf16 (fp32 masters in AdamW), autocast kept
+    objective: bool = False  # the loop's SFTObjective: no mask for right padding, logits only at scored positions
 
 
 RECIPES = (
-    Recipe("autocast + AdamW (loop)"),
-    Recipe("+ fused AdamW", fused_adamw=True),
-    Recipe("+ causal-only mask", fused_adamw=True, causal_only=True),
-    Recipe("+ bf16 Linear weights", fused_adamw=True, causal_only=True, bf16_linears=True),
+    Recipe("loop: SFTObjective, fused", fused_adamw=True, objective=True),
+    Recipe("before: HF loss, AdamW, mask"),
+    Recipe("+ fused AdamW, causal mask", fused_adamw=True, causal_only=True),
+    Recipe("loop + bf16 Linear weights", fused_adamw=True, objective=True, bf16_linears=True),
 )
 
 
@@ -176,6 +181,10 @@ class Step:
         self.optimizer = torch.optim.AdamW(fp32 + self.master, lr=1e-5, weight_decay=0.0, fused=recipe.fused_adamw)
 
     def loss(self, batch: dict) -> torch.Tensor:
+        if self.recipe.objective:  # exactly what the training loop runs (mean over the label tokens, as HF's)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = SFTObjective().loss(self.model, batch, step=0)
+            return out.loss_sum / out.num_tokens
         inputs = {k: batch[k] for k in MODEL_KEYS}
         if self.recipe.causal_only:
             inputs["attention_mask"] = None

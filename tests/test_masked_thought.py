@@ -60,11 +60,14 @@ class Recorder(nn.Module):
         vocab = config.text_config.vocab_size
         self.logits = nn.Embedding(vocab, vocab)  # (V, V): logits that depend on the input token
 
-    def forward(self, input_ids, **kwargs):
+    def forward(self, input_ids, logits_to_keep=0, **kwargs):
         self.seen.append(input_ids.clone())
         if self.model is not None:
-            return self.model(input_ids=input_ids, **kwargs)
-        return SimpleNamespace(logits=self.logits(input_ids))
+            return self.model(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        logits = self.logits(input_ids)  # (B, T, V)
+        if isinstance(logits_to_keep, torch.Tensor):  # the positions to keep, as Hugging Face causal LMs take them
+            logits = logits[:, logits_to_keep]
+        return SimpleNamespace(logits=logits)
 
 
 def response_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -343,3 +343,66 @@ def test_lr_scales_give_a_component_its_own_rate_through_the_schedule():
     assert moved["cross_attention"] == pytest.approx(lrs[1.0], rel=0.05)
     with pytest.raises(ValueError, match="unknown parameter groups"):
         build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, lr_scales={"vit": 0.1})
+
+
+def test_right_padded_batches_drop_the_mask_with_the_same_loss():
+    """`model_inputs` leaves out the attention mask of a right-padded batch; the loss must equal the masked one
+    computed independently, and a left-padded batch must keep its mask."""
+    from PIL import Image
+
+    from infimm_hd.objectives.base import model_inputs
+    from infimm_hd.training.collate import collate, encode_sample
+
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    image = Image.new("RGB", (896, 448), (200, 30, 60))
+    samples = [
+        encode_sample(
+            processor, [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}], [image], 9
+        )
+        for user, answer in (
+            ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}, "red"),
+            (
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "A much longer question?"}]},
+                "a",
+            ),
+        )
+    ]
+    batch = collate(samples, processor.tokenizer.pad_token_id)  # right-padded, as the loader's
+    mask = batch["attention_mask"]
+    assert not bool(mask.all()), "the stand-in batch must hold padding for this test to mean anything"
+    inputs = model_inputs(batch)
+    assert "attention_mask" not in inputs
+    with torch.no_grad():
+        unmasked = model(**inputs, labels=batch["labels"]).loss
+        masked = model(**(inputs | {"attention_mask": mask}), labels=batch["labels"]).loss
+    torch.testing.assert_close(unmasked, masked, rtol=1e-6, atol=1e-6)
+    left = dict(batch, attention_mask=mask.flip(1))
+    assert "attention_mask" in model_inputs(left)
+
+
+def test_sft_loss_from_the_scored_positions_only_equals_the_full_logits_loss():
+    """The objective asks the model for logits at the scored positions only (`logits_to_keep`); the loss and its
+    gradients must equal cross-entropy over the full logits, computed here independently."""
+    from infimm_hd.objectives.sft import scored_positions
+
+    model, processor = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    batch = next(iter(StandInBatches(model.config.image_token_id, batch_size=3, seq_len=20, seed=3)))
+    labels = batch["labels"].clone()
+    labels[0, :12] = -100  # rows score different spans, so the kept positions are a union
+    labels[1, 5:] = -100
+    batch["labels"] = labels
+    positions = scored_positions(labels)
+    assert positions is not None and 0 < len(positions) < labels.shape[1] - 1
+    got = SFTObjective().loss(model, batch, step=0)
+    got_grads = torch.autograd.grad(got.loss_sum, [model.cross_attention_blocks()[3].attn.to_q.weight])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grids") if k in batch}
+    logits = model(**inputs).logits[:, :-1].float()
+    want = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    want_grads = torch.autograd.grad(want, [model.cross_attention_blocks()[3].attn.to_q.weight])
+    torch.testing.assert_close(got.loss_sum, want, rtol=1e-5, atol=1e-5)
+    assert int(got.num_tokens) == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-4, atol=1e-6)

@@ -43,5 +43,16 @@ class Objective(Protocol):
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The model's keyword arguments from a loader batch (image keys are absent for text-only batches)."""
-    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    """The model's keyword arguments from a loader batch (image keys are absent for text-only batches).
+
+    A right-padded batch (the loader's) goes without its `attention_mask`: every pad follows every real token of its
+    row, so causal attention alone already gives the real tokens exactly their keys, and the logits at real tokens
+    (all a loss reads) are unchanged. Without a mask the LLM's attention takes its causal kernel instead of a dense
+    (B, 1, T, T) mask with k/v expanded per head: 7% off a stage-4 step (`benchmarks/bench_mfu_stage4.py`). Any other
+    padding keeps its mask.
+    """
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        del inputs["attention_mask"]  # right padding (or none): see above
+    return inputs

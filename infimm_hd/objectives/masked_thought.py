@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..trained_checkpoint import grow_token_embeddings
 from .base import ObjectiveOutput, model_inputs
-from .sft import IGNORE_INDEX, next_token_loss_sum
+from .sft import IGNORE_INDEX, forward_loss_sum
 
 Replacement = Literal["random", "pad", "mask"]
 MASK_TOKEN = "<mask>"
@@ -190,8 +190,8 @@ class MaskedThoughtObjective:
         p = ramp_p(step, self.max_steps, self.p, self.ramp_fraction)
         generator = step_generator(self.seed, step, current_rank(), micro)
         masked = mask_thoughts(batch["input_ids"], batch["labels"], p, generator, protected, pool)
-        out = model(**(model_inputs(batch) | {"input_ids": masked.input_ids}), use_cache=False)
-        loss_sum, num_tokens = next_token_loss_sum(out.logits, batch["labels"])
+        inputs = model_inputs(batch) | {"input_ids": masked.input_ids}
+        loss_sum, num_tokens = forward_loss_sum(model, inputs, batch["labels"])
         eligible = int(masked.eligible.sum())
         rate = int(masked.replaced.sum()) / eligible if eligible else 0.0
         return ObjectiveOutput(loss_sum=loss_sum, num_tokens=num_tokens, metrics={"mask_rate": rate, "mask_p": p})
