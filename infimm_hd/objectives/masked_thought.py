@@ -18,7 +18,6 @@ Shape legend
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -29,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from ..trained_checkpoint import grow_token_embeddings
 from .base import ObjectiveOutput, model_inputs
 from .sft import IGNORE_INDEX, forward_loss_sum
+from .step_noise import MicroBatchCounter, current_rank, step_seed
 
 Replacement = Literal["random", "pad", "mask"]
 MASK_TOKEN = "<mask>"
@@ -105,8 +105,7 @@ def step_generator(seed: int, step: int, rank: int, micro_batch: int = 0) -> tor
     >>> torch.equal(a, torch.rand(2, generator=step_generator(0, 5, 0)))
     True
     """
-    digest = hashlib.sha256(f"masked-thought:{seed}:{step}:{rank}:{micro_batch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.Generator().manual_seed(step_seed("masked-thought", seed, step, rank, micro_batch))
 
 
 def add_mask_token(model: nn.Module, tokenizer: PreTrainedTokenizerBase, token: str = MASK_TOKEN) -> int:
@@ -122,12 +121,6 @@ def add_mask_token(model: nn.Module, tokenizer: PreTrainedTokenizerBase, token: 
     grow_token_embeddings(model.language_model, len(tokenizer))
     model.config.text_config.vocab_size = model.language_model.config.vocab_size  # saved configs must rebuild it
     return tokenizer.convert_tokens_to_ids(token)
-
-
-def current_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
 
 
 class MaskedThoughtObjective:
@@ -170,7 +163,7 @@ class MaskedThoughtObjective:
         self.max_steps, self.replacement, self.seed = max_steps, replacement, seed
         self.tokenizer, self.mask_token_id = tokenizer, mask_token_id
         self._ids: tuple[torch.Tensor, torch.Tensor] | None = None  # (protected, replacement), from the first call
-        self._micro: tuple[int, int] = (-1, 0)  # (step, micro-batches seen in it): resets every step
+        self._micro = MicroBatchCounter()
 
     def token_ids(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """(protected ids, ids a replacement is drawn from), resolved once from the tokenizer and `model.config`."""
@@ -184,9 +177,7 @@ class MaskedThoughtObjective:
         protected, pool = self.token_ids(model)
         # Micro-batches of one step get their own noise; the count restarts every step, so resuming at a step
         # boundary (where checkpoints are taken) replays it without any saved state.
-        last_step, micro = self._micro
-        micro = micro if step == last_step else 0
-        self._micro = (step, micro + 1)
+        micro = self._micro(step)
         p = ramp_p(step, self.max_steps, self.p, self.ramp_fraction)
         generator = step_generator(self.seed, step, current_rank(), micro)
         masked = mask_thoughts(batch["input_ids"], batch["labels"], p, generator, protected, pool)

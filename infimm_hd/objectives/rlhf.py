@@ -21,7 +21,6 @@ The maths is `rl_math` (tested against hand computations and TRL); this file onl
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,6 @@ from torch import nn
 
 from . import rl_math
 from .base import ObjectiveOutput
-from .masked_thought import current_rank
 from .reference import SwappedReference
 from .rewards import (
     CallableReward,
@@ -43,6 +41,7 @@ from .rewards import (
     SequenceClassifierReward,
 )
 from .rollout import Rollout, prompts_from_batch, sample_responses
+from .step_noise import MicroBatchCounter, current_rank, step_seed
 from .value_head import ValueHead
 
 METRIC_KEYS = (
@@ -66,16 +65,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     while not hasattr(model, "config") and hasattr(model, "module"):
         model = model.module
     return model
-
-
-def rollout_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
-    """A 63-bit seed from (seed, step, rank, micro-batch) alone: reproducible on resume, different per rank.
-
-    >>> rollout_seed(0, 5, 0, 0) == rollout_seed(0, 5, 0, 0) != rollout_seed(0, 5, 1, 0)
-    True
-    """
-    digest = hashlib.sha256(f"rlhf-rollout:{seed}:{step}:{rank}:{micro_batch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def build_reward(reward: str | Callable | RewardFunction, partial_credit: float, batch_size: int) -> RewardFunction:
@@ -183,7 +172,7 @@ class RLHFObjective:
         # Its update/normalize are applied to the penalised scores below (the source is scored once per rollout).
         self.normalizer = NormalizedReward(self.raw_reward, mode=normalize_rewards) if normalize_rewards else None
         self.seed = seed
-        self._micro: tuple[int, int] = (-1, 0)  # (step, micro-batches seen in it): resets every step
+        self._micro = MicroBatchCounter()
         self.rollouts = 0
         self.reference: SwappedReference | None = None
         self.value_head: ValueHead | None = None
@@ -214,9 +203,7 @@ class RLHFObjective:
         """Prompts of `batch` -> k sampled responses each (vision context computed once): (rollout, prompt texts,
         references, response texts), the lists per response (B,). The samples depend only on (seed, step, rank,
         micro-batch of the step), so a resumed run draws what the uninterrupted one drew."""
-        last_step, micro = self._micro
-        micro = micro if step == last_step else 0
-        self._micro = (step, micro + 1)
+        micro = self._micro(step)
         raw = unwrap(model)
         prompts = prompts_from_batch(batch, self.tokenizer, self.generation_prompt_ids)
         context = None
@@ -237,7 +224,7 @@ class RLHFObjective:
             self.top_p,
             self.tokenizer.pad_token_id,
             stop_ids,
-            seed=rollout_seed(self.seed, step, current_rank(), micro),
+            seed=step_seed("rlhf-rollout", self.seed, step, current_rank(), micro),
         )
         responses = self.tokenizer.batch_decode(rollout.response.tolist(), skip_special_tokens=True)
         repeat = [i // self.k for i in range(len(responses))]
