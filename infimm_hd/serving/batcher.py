@@ -24,11 +24,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-log = logging.getLogger(__name__)
+# The Python API's decoding settings, so the server's answers equal `answer`'s and streams never rewrite sent text.
+from ..inference.generation import DECODE_KWARGS
 
-# The Python API's decoding (`infimm_hd.inference.generation.DECODE_KWARGS`): no clean-up of spaces before
-# punctuation, which would rewrite text a stream already sent, and which would make answers differ from `answer`'s.
-DECODE_KWARGS = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
