@@ -27,6 +27,15 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads made a training test 40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_image(windows: int, seed: int) -> Image.Image:
     """A random RGB image whose tiling plan has `windows` windows."""
     w, h = WINDOWS_TO_SIZE[windows]

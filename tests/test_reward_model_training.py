@@ -9,7 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 import infimm_hd
 from data_prep.shards import Sample, build, make_record, message, text_part
@@ -19,12 +18,7 @@ from stages import train_reward_model
 REFUSALS = ("I cannot see the image.", "Sorry, I do not know.", "No idea, ask someone else.")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def preference_shards(out: Path, split: str, n: int, seed: int) -> str:

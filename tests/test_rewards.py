@@ -44,15 +44,6 @@ def tiny_reward_model(tokenizer, seed: int = 0, initializer_range: float = 0.02)
         return LlamaForSequenceClassification(config).eval()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads made the training test 40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def constant(values):
     return CallableReward(lambda prompts, responses, references: values, batched=True)
 

@@ -31,12 +31,7 @@ from stages import stage4_instruction_tuning
 STAGE4 = TrainableSpec(cross_attention=True, language_model=True, embeddings=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")
