@@ -38,6 +38,7 @@ import numpy as np
 import webdataset as wds
 
 from infimm_hd.evaluation import evaluate_vqa
+from infimm_hd.inference.loading import load_model
 from infimm_hd.training.data import iterate_records
 from infimm_hd.training.trainable import TrainableSpec
 from stages import (
@@ -123,11 +124,8 @@ def stage_args(number: int, out: Path, preset: str, budget: Budget, init: Path |
 
 
 def evaluate(folder: Path, out: Path, budget: Budget) -> dict[str, float]:
-    """Digit-question accuracy of the model in `folder`, thumbnail only and with windows."""
-    from infimm_hd import InfiMMHDForConditionalGeneration, InfiMMHDProcessor
-
-    model = InfiMMHDForConditionalGeneration.from_pretrained(folder)
-    processor = InfiMMHDProcessor.from_pretrained(folder)
+    """Pattern-question accuracy of the model in `folder`, thumbnail only and with windows."""
+    model, processor = load_model(str(folder))
     shards = sorted(str(p) for p in (out / "data" / "vqa").glob("heldout-*.tar"))
     scores = {}
     for label, windows in (("thumbnail", 0), ("windows", 9)):
@@ -147,12 +145,10 @@ def real_photo_answer(folder: Path, out_dir: Path) -> dict[str, Any]:
 
     from data_prep.corner_glyphs import PATTERN_SIDE, draw_pattern
     from data_prep.synthetic import PATTERN_QUESTION
-    from infimm_hd import InfiMMHDForConditionalGeneration, InfiMMHDProcessor
     from infimm_hd.inference.attention_map import answer_attention_map, save_attention_overlay
     from infimm_hd.inference.tile_picture import draw_tiles
 
-    model = InfiMMHDForConditionalGeneration.from_pretrained(folder)
-    processor = InfiMMHDProcessor.from_pretrained(folder)
+    model, processor = load_model(str(folder))
     photo = np.asarray(Image.fromarray(skdata.astronaut()).resize((1344, 896), Image.Resampling.BICUBIC)).copy()
     left, top = 2 * 448 + (448 - PATTERN_SIDE) // 2, (448 - PATTERN_SIDE) // 2  # centred in window (0, 2)
     truth = "horizontal"

@@ -50,11 +50,10 @@ def word_problem_shards(data: Path, train: int, heldout: int) -> dict[str, str]:
 
 
 def accuracy(folder: Path, heldout: str, limit: int, max_new_tokens: int) -> float:
-    from infimm_hd import InfiMMHDForConditionalGeneration, InfiMMHDProcessor
     from infimm_hd.evaluation import evaluate_vqa
+    from infimm_hd.inference.loading import load_model
 
-    model = InfiMMHDForConditionalGeneration.from_pretrained(folder)
-    processor = InfiMMHDProcessor.from_pretrained(folder)
+    model, processor = load_model(str(folder))
     result = evaluate_vqa(
         model, processor, [heldout], max_windows=0, limit=limit, tasks=("cot",), max_new_tokens=max_new_tokens
     )

@@ -88,10 +88,9 @@ def curves(run: Path) -> dict[str, list[float]]:
 
 
 def accuracy(folder: Path, out: Path, limit: int) -> float:
-    from infimm_hd import InfiMMHDForConditionalGeneration, InfiMMHDProcessor
+    from infimm_hd.inference.loading import load_model
 
-    model = InfiMMHDForConditionalGeneration.from_pretrained(folder)
-    processor = InfiMMHDProcessor.from_pretrained(folder)
+    model, processor = load_model(str(folder))
     shards = sorted(str(p) for p in (out / "data" / "vqa").glob("heldout-*.tar"))
     return evaluate_vqa(model, processor, shards, max_windows=9, max_new_tokens=8, limit=limit).accuracy
 
