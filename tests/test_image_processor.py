@@ -696,3 +696,4 @@ def test_fused_normalisation_equals_the_textbook_formula(proc):
     expected = torch.stack([(crop.float() / 255.0 - MEAN[0]) / STD[0] for crop in crops])  # (N, 3, S, S)
     got = proc.process(data).pixel_values
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0, msg="fused normalisation drifted")
+    assert got.is_contiguous(memory_format=torch.channels_last), "pixel_values should be channels-last memory"

@@ -134,3 +134,14 @@ def test_smollm2_labels_follow_its_own_template():
         CONVERSATION[:2], tokenize=True, return_dict=True, return_labels=True, images=[[make_image(1, 5)]]
     )
     assert labelled_text(processor, out, 0) == "A cat.<|im_end|>\n"
+
+
+def test_channels_last_pixel_values_give_the_logits_of_nchw_memory(saved):
+    """The processor hands out channels-last pixel_values; the model must not care about the memory layout."""
+    _, model, processor = saved
+    inputs = processor(text=["a <image> b"], images=[[make_image(6, 0)]], return_tensors="pt")
+    assert inputs["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    nchw = {**inputs, "pixel_values": inputs["pixel_values"].contiguous()}
+    with torch.no_grad():
+        a, b = model(**inputs).logits, model(**nchw).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
