@@ -28,11 +28,19 @@ from transformers.utils import ModelOutput
 
 from .configuration import InfiMMHDConfig
 from .cross_attention_context import CrossAttentionContext, CrossAttentionInputs
+from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .media_mask import cross_attention_mask, text_time
 from .media_packing import add_window_positions, crops_per_image, pack_media
 from .varlen_attention import flash_varlen_kernel, varlen_segments
 from .vision_tower import VisionTower
 from .xattn import CrossAttentionBlockConfig, CrossAttentionDecoderLayer, GatedCrossAttentionBlock
+
+# LLM families whose causal-LM head is exactly `lm_head(last_hidden_state)` (no logit soft-capping or scaling, no
+# auxiliary loss): `skip_logits` computes their loss from the hidden states with the chunked linear + cross-entropy.
+# Any other family gets the same loss from its own head, at the scored positions only.
+PLAIN_HEAD_FAMILIES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo", "olmo2", "smollm3", "starcoder2"}
+)
 
 
 @dataclass
@@ -257,6 +265,8 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         image_grids: torch.Tensor | None = None,
         image_sample_index: torch.Tensor | None = None,
         cross_attention_context: CrossAttentionContext | None = None,
+        skip_logits: bool = False,
+        loss_reduction: str = "mean",
         **kwargs,
     ) -> InfiMMHDCausalLMOutput:
         """Logits (B, T, V) and, given `labels` (B, T) with -100 on ignored tokens, the next-token loss.
@@ -264,7 +274,17 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         `input_ids` are needed whenever images are involved: the `<image>` tokens say which text attends to which
         image. Pass either `pixel_values` + `image_grids` (the first call) or the `cross_attention_context` a previous
         call returned (cached decoding).
+
+        Training: `skip_logits=True` (with `labels`) returns the loss and no logits, and never materialises them:
+        the LM head and the cross-entropy run in row chunks over the scored tokens only (`linear_cross_entropy`),
+        which takes the (B, T, V) logits and their float32 copies (1.4 GB for 2k tokens of a 49k vocabulary) out of
+        the step. `loss_reduction` is "mean" over the scored tokens (transformers' convention, also what `labels`
+        alone gives) or "sum" (for a loop that normalises over a whole accumulation step).
         """
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits=True computes the loss without logits: pass labels")
         context = cross_attention_context
         if "past_key_values" in kwargs:  # transformers' older name
             cache = kwargs.pop("past_key_values")
@@ -294,28 +314,76 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
                 raise ValueError("input_ids are required with images: the <image> tokens place the images")
             xattn = self._cross_attention_inputs(context, input_ids)
 
-        out = self.language_model(
+        text_inputs = dict(
             input_ids=None if inputs_embeds is not None else input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             cross_attention=xattn,
             **kwargs,
         )
+        if skip_logits:
+            out, loss = self._loss_without_logits(text_inputs, labels, loss_reduction)
+        else:
+            if labels is not None and loss_reduction == "sum":
+                text_inputs["num_items_in_batch"] = 1  # transformers' loss: sum / num_items_in_batch
+            out = self.language_model(**text_inputs, labels=labels, logits_to_keep=logits_to_keep)
+            loss = out.loss
         if context is not None:
             new_media = (input_ids == self.config.image_token_id).sum(dim=-1)
             context = context.advanced(new_media, num_cached_layers=len(self.config.cross_attention_layers))
         return InfiMMHDCausalLMOutput(
-            loss=out.loss,
-            logits=out.logits,
+            loss=loss,
+            logits=None if skip_logits else out.logits,
             cache=getattr(out, "cache", None),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
             cross_attention_context=context,
+        )
+
+    def _loss_without_logits(
+        self, text_inputs: dict[str, Any], labels: torch.Tensor, loss_reduction: str
+    ) -> tuple[Any, torch.Tensor]:
+        """(the LLM's output with `last_hidden_state` or `logits` at scored positions, next-token loss) for
+        `skip_logits`. Labels (B, T) sit under their own input position: position t's output predicts labels[t + 1]."""
+        text_inputs = dict(text_inputs)
+        num_items = text_inputs.pop("num_items_in_batch", None)  # transformers' Trainer passes it
+        targets = labels[:, 1:]  # (B, T-1)
+        head = self.language_model.get_output_embeddings()
+        if self._head_is_plain_linear(head):
+            out = self.language_model.get_decoder()(**text_inputs)
+            hidden = out.last_hidden_state[:, :-1]  # (B, T-1, H): position t predicts token t+1
+            loss_sum, num_scored = linear_cross_entropy(hidden, head.weight, targets.to(hidden.device))
+        else:
+            # Another head (soft-capped, scaled, biased): the LLM's own forward, logits at the scored positions only.
+            keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) positions predicting a label
+            out = self.language_model(**text_inputs, logits_to_keep=keep)
+            logits = out.logits.float()  # (B, K, V)
+            kept_targets = targets[:, keep.to(targets.device)].to(logits.device)  # (B, K)
+            loss_sum = nn.functional.cross_entropy(
+                logits.flatten(0, 1), kept_targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            num_scored = (kept_targets != IGNORE_INDEX).sum()
+        if loss_reduction == "sum":
+            return out, loss_sum
+        return out, loss_sum / (num_items if num_items is not None else num_scored.clamp(min=1))
+
+    def _head_is_plain_linear(self, head: nn.Module | None) -> bool:
+        """Whether the LM's logits are `head(last_hidden_state)` with a bias-free `nn.Linear` whose weight is a full
+        local tensor (not a sharded parameter outside its all-gather)."""
+        if self.config.text_config.model_type not in PLAIN_HEAD_FAMILIES or not isinstance(head, nn.Linear):
+            return False
+        weight = head.weight
+        return (
+            head.bias is None
+            and weight.shape == (head.out_features, head.in_features)
+            and type(weight)
+            in (
+                torch.Tensor,
+                nn.Parameter,
+            )
         )
 
     def _cross_attention_inputs(self, context: CrossAttentionContext, input_ids: torch.Tensor) -> CrossAttentionInputs:

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 import infimm_hd
-from infimm_hd.objectives import SFTObjective, build_objective, masked_thought
+from infimm_hd.objectives import SFTObjective, build_objective, masked_thought, next_token_loss_sum
 from infimm_hd.objectives.masked_thought import (
     MaskedThoughtObjective,
     add_mask_token,
@@ -60,14 +60,13 @@ class Recorder(nn.Module):
         vocab = config.text_config.vocab_size
         self.logits = nn.Embedding(vocab, vocab)  # (V, V): logits that depend on the input token
 
-    def forward(self, input_ids, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids, labels=None, **kwargs):
         self.seen.append(input_ids.clone())
         if self.model is not None:
-            return self.model(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+            return self.model(input_ids=input_ids, labels=labels, **kwargs)
         logits = self.logits(input_ids)  # (B, T, V)
-        if isinstance(logits_to_keep, torch.Tensor):  # the positions to keep, as Hugging Face causal LMs take them
-            logits = logits[:, logits_to_keep]
-        return SimpleNamespace(logits=logits)
+        loss = None if labels is None else next_token_loss_sum(logits, labels)[0]  # summed, as the objective asks
+        return SimpleNamespace(logits=logits, loss=loss)
 
 
 def response_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:

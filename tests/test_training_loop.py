@@ -381,28 +381,59 @@ def test_right_padded_batches_drop_the_mask_with_the_same_loss():
     assert "attention_mask" in model_inputs(left)
 
 
-def test_sft_loss_from_the_scored_positions_only_equals_the_full_logits_loss():
-    """The objective asks the model for logits at the scored positions only (`logits_to_keep`); the loss and its
-    gradients must equal cross-entropy over the full logits, computed here independently."""
-    from infimm_hd.objectives.sft import scored_positions
-
+@pytest.mark.parametrize("head", ["chunked", "family fallback"])
+def test_sft_loss_without_logits_equals_the_full_logits_loss(head, monkeypatch):
+    """The objective asks the model for the loss without logits (`skip_logits`: chunked LM head + cross-entropy over
+    the scored rows, or, for a family with another head, the LLM's head at the scored positions only); the loss and
+    the gradients of a block, the LM head and the embeddings must equal cross-entropy over the full logits, computed
+    here independently."""
+    if head == "family fallback":
+        monkeypatch.setattr(infimm_hd.modeling, "PLAIN_HEAD_FAMILIES", frozenset())
     model, processor = infimm_hd.build_model("tiny")
     randomize_gates(model)
     batch = next(iter(StandInBatches(model.config.image_token_id, batch_size=3, seq_len=20, seed=3)))
     labels = batch["labels"].clone()
-    labels[0, :12] = -100  # rows score different spans, so the kept positions are a union
+    labels[0, :12] = -100  # rows score different spans
     labels[1, 5:] = -100
     batch["labels"] = labels
-    positions = scored_positions(labels)
-    assert positions is not None and 0 < len(positions) < labels.shape[1] - 1
+    params = [
+        model.cross_attention_blocks()[3].attn.to_q.weight,
+        model.get_output_embeddings().weight,
+        model.get_input_embeddings().weight,
+    ]
     got = SFTObjective().loss(model, batch, step=0)
-    got_grads = torch.autograd.grad(got.loss_sum, [model.cross_attention_blocks()[3].attn.to_q.weight])
+    got_grads = torch.autograd.grad(got.loss_sum, params)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grids") if k in batch}
     logits = model(**inputs).logits[:, :-1].float()
     want = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
     )
-    want_grads = torch.autograd.grad(want, [model.cross_attention_blocks()[3].attn.to_q.weight])
+    want_grads = torch.autograd.grad(want, params)
     torch.testing.assert_close(got.loss_sum, want, rtol=1e-5, atol=1e-5)
     assert int(got.num_tokens) == int((labels[:, 1:] != -100).sum())
-    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-4, atol=1e-6)
+    for name, g, w in zip(["block to_q", "lm_head", "embeddings"], got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_skip_logits_returns_the_transformers_loss_and_no_logits():
+    """`model(..., labels=..., skip_logits=True)` is a drop-in for `model(..., labels=...).loss`: same mean, "sum"
+    gives mean x scored tokens, transformers' `num_items_in_batch` divides the sum; no logits come back."""
+    model, _ = infimm_hd.build_model("tiny")
+    randomize_gates(model)
+    batch = next(iter(StandInBatches(model.config.image_token_id, batch_size=2, seq_len=16, seed=5)))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grids") if k in batch}
+    labels = batch["labels"]
+    scored = int((labels[:, 1:] != -100).sum())
+    with torch.no_grad():
+        reference = model(**inputs, labels=labels)
+        mean = model(**inputs, labels=labels, skip_logits=True)
+        total = model(**inputs, labels=labels, skip_logits=True, loss_reduction="sum")
+        per_item = model(**inputs, labels=labels, skip_logits=True, num_items_in_batch=7)
+    assert mean.logits is None and reference.logits is not None
+    torch.testing.assert_close(mean.loss, reference.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total.loss, reference.loss * scored, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(per_item.loss, total.loss / 7, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="pass labels"):
+        model(**inputs, skip_logits=True)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        model(**inputs, labels=labels, loss_reduction="max")

@@ -8,41 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..linear_cross_entropy import IGNORE_INDEX
 from .base import ObjectiveOutput, model_inputs
 
-IGNORE_INDEX = -100
 
-
-def scored_positions(labels: torch.Tensor) -> torch.Tensor | None:
-    """(K,) the positions t whose logits predict a scored label (labels[b, t + 1] != -100 in some row b), or None
-    when there is nothing to select (fewer than 2 tokens, or no label at all).
-
-    Why: the LM head and the float32 log-softmax over the vocabulary cost as much as a third of a step on long
-    prompts (2,104 x 49,152 logits in the stage-4 benchmark); a VQA batch scores a few answer tokens per row.
-    `logits_to_keep` with these positions makes the model compute only those rows' logits.
-    """
-    if labels.shape[1] < 2:
-        return None
-    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
-    return keep if keep.numel() else None
-
-
-def next_token_loss_sum(
-    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, T, V), labels (B, T) aligned with input_ids (-100 = not scored) -> (summed loss, scored tokens).
 
     Hugging Face's convention: labels sit under their own input position and the shift happens here, so position t's
-    logits predict labels[t + 1]. With `positions` (from `scored_positions`), `logits` are (B, K, V): only those
-    positions' logits, as `logits_to_keep=positions` returns them. The loss is computed in float32 whatever the
-    autocast dtype of the logits.
+    logits predict labels[t + 1]. The loss is computed in float32 whatever the autocast dtype of the logits. For
+    logits already at hand (evaluation, tests); training asks the model for the loss itself (`forward_loss_sum`).
     """
     targets = labels[:, 1:].to(logits.device)  # (B, T-1)
-    if positions is None:
-        logits = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
-    else:
-        targets = targets[:, positions.to(targets.device)]  # (B, K)
-    logits = logits.float()
+    logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
     loss_sum = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -52,11 +30,15 @@ def next_token_loss_sum(
 def forward_loss_sum(
     model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward of `model` on `inputs` with logits only at the scored positions, then `next_token_loss_sum`."""
-    positions = scored_positions(labels)
-    keep = {} if positions is None else {"logits_to_keep": positions.to(inputs["input_ids"].device)}
-    out = model(**inputs, use_cache=False, **keep)
-    return next_token_loss_sum(out.logits, labels, positions)
+    """One forward of `model` on `inputs` -> (next-token loss summed over the scored labels, their count).
+
+    The model computes the loss without materialising logits (`skip_logits`): the LM head and the float32
+    cross-entropy run in row chunks over the scored tokens only (`infimm_hd.linear_cross_entropy`). The (B, T, V)
+    logits and their float32 copies cost a quarter of a CPU stage-4 step and 1.4 GB at 2k tokens of a 49k vocabulary
+    (`benchmarks/bench_mfu_stage4.py`); a VQA batch scores a few answer tokens per row and pays for those only.
+    """
+    out = model(**inputs, labels=labels, use_cache=False, skip_logits=True, loss_reduction="sum")
+    return out.loss, (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 class SFTObjective:
