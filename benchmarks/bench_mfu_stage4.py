@@ -19,11 +19,13 @@ square), so the same analytic sum is also printed counted that way.
 
 The result is the training loop's recipe: fp32 weights, bf16 autocast, `torch.optim.AdamW(fused=True)` and the
 `SFTObjective` itself, which drops the padding mask of the loader's right-padded batches (exact: pads follow every
-real token) and asks the model for logits only at the positions a label is scored (`logits_to_keep`). Interleaved
-with it run the loop's previous recipe (Hugging Face's loss over all logits, foreach AdamW, dense padding mask),
-that plus fused AdamW and no mask, and one candidate change: every `nn.Linear` weight stored in bf16, with fp32
-master copies for the trained ones (autocast kept: the same numbers without the per-forward casts).
-A profile of one baseline step says where the time goes.
+real token) and asks the model for the loss without logits (`skip_logits`: the LM head and the float32
+cross-entropy in row chunks over the scored tokens, `infimm_hd.linear_cross_entropy`). Interleaved with it run the
+loop's previous objective (logits at the scored positions, `logits_to_keep`, then cross-entropy), the recipe before
+that (Hugging Face's loss over all logits, foreach AdamW, dense padding mask), that plus fused AdamW and no mask, and
+one candidate change: every `nn.Linear` weight stored in bf16, with fp32 master copies for the trained ones
+(autocast kept: the same numbers without the per-forward casts). Each recipe's saved activations (the distinct
+storages autograd keeps for backward) are measured once. A profile of one loop step says where the time goes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_mfu_stage4.py [--quick] [--reps 3] [--no-variants]
 """
@@ -45,6 +47,7 @@ from bench_stage3_memory import (
     conversation,
     forward_loss,
     make_batch,
+    saved_activation_bytes,
     untied_linears,
 )
 from common import BackgroundLoad, interleaved, machine_line, median, result_line, setup_torch
@@ -147,15 +150,30 @@ class Recipe:
     fused_adamw: bool = False  # torch.optim.AdamW(fused=True): one kernel per step instead of ~10 passes per tensor
     causal_only: bool = False  # no padding mask: exact for right-padded batches (pads follow every real token)
     bf16_linears: bool = False  # nn.Linear weights stored in bf16 (fp32 masters in AdamW), autocast kept
-    objective: bool = False  # the loop's SFTObjective: no mask for right padding, logits only at scored positions
+    objective: bool = False  # the loop's SFTObjective: no mask for right padding, chunked LM head + cross-entropy
+    scored_logits: bool = False  # the previous objective: no mask, logits only at scored positions, then the loss
 
 
 RECIPES = (
     Recipe("loop: SFTObjective, fused", fused_adamw=True, objective=True),
+    Recipe("previous: scored logits", fused_adamw=True, scored_logits=True),
     Recipe("before: HF loss, AdamW, mask"),
     Recipe("+ fused AdamW, causal mask", fused_adamw=True, causal_only=True),
     Recipe("loop + bf16 Linear weights", fused_adamw=True, objective=True, bf16_linears=True),
 )
+
+
+def scored_logits_loss(model, batch: dict) -> torch.Tensor:
+    """The loop's previous objective: logits (bf16 autocast) only at the positions where some row scores a label,
+    then float32 cross-entropy over them (mean over the label tokens)."""
+    labels = batch["labels"]
+    keep = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)  # (K,)
+    inputs = {k: batch[k] for k in MODEL_KEYS if k != "labels"}
+    inputs["attention_mask"] = None  # right padding: exact, as the objective does
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
+    targets = labels[:, 1:][:, keep]  # (B, K)
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 class Step:
@@ -185,6 +203,8 @@ class Step:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = SFTObjective().loss(self.model, batch, step=0)
             return out.loss_sum / out.num_tokens
+        if self.recipe.scored_logits:
+            return scored_logits_loss(self.model, batch)
         inputs = {k: batch[k] for k in MODEL_KEYS}
         if self.recipe.causal_only:
             inputs["attention_mask"] = None
@@ -268,6 +288,10 @@ def main() -> None:
     with torch.no_grad():
         losses = [f"{step.loss(batch).item():.4f}" for step in steps.values()]
     print("loss per recipe (same batch, same weights): " + ", ".join(losses))
+    saved = {
+        name: saved_activation_bytes(step.model, batch, lambda _model, b, step=step: step.loss(b))
+        for name, step in steps.items()
+    }
 
     print("FlopCounterMode on one baseline step (forward + backward) ...", flush=True)
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
@@ -295,13 +319,13 @@ def main() -> None:
     )
     threads = torch.get_num_threads()
     print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s (4096^3, best of 5 before + 5 after, {threads} threads)")
-    print(f"{'recipe':<28} {'s/step':>7} {'fwd':>6} {'bwd':>6} {'optim':>6} {'TFLOP/s':>8} {'MFU':>6}")
+    print(f"{'recipe':<28} {'s/step':>7} {'fwd':>6} {'bwd':>6} {'optim':>6} {'TFLOP/s':>8} {'MFU':>6} {'saved MB':>9}")
     for recipe, ts in times.items():
         phases = [median(p) for p in zip(*steps[recipe].phases[1:], strict=True)]  # the first was the warm-up
         seconds = median(ts)
         print(
             f"{recipe:<28} {seconds:>7.2f} {phases[0]:>6.2f} {phases[1]:>6.2f} {phases[2]:>6.2f} "
-            f"{flops / seconds / 1e12:>8.3f} {flops / seconds / peak * 100:>5.1f}%"
+            f"{flops / seconds / 1e12:>8.3f} {flops / seconds / peak * 100:>5.1f}% {saved[recipe] / 2**20:>9,.0f}"
         )
     base = recipes[0].name
     mfu = flops / median(times[base]) / peak

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,9 @@ def prepare(model, variant: str):
 
 
 # -- memory ---------------------------------------------------------------------------------------------------------
-def saved_activation_bytes(model, batch: dict) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves for backward in one forward (then backward)."""
+def saved_activation_bytes(model, batch: dict, loss_fn: Callable[..., torch.Tensor] | None = None) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves for backward in one forward (then backward);
+    `loss_fn(model, batch)` runs the forward (default: the model's own loss under bf16 autocast)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -171,7 +173,7 @@ def saved_activation_bytes(model, batch: dict) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = forward_loss(model, batch)
+        loss = (loss_fn or forward_loss)(model, batch)
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(saved.values())
