@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM
 
 import infimm_hd
+from infimm_hd import presets
 
 # Sizes that plan to 1x1, 2x2 and 3x3 windows (+ thumbnail): 2, 5 and 10 crops.
 WINDOWS_TO_SIZE = {1: (448, 448), 4: (896, 896), 9: (1344, 1344), 6: (1344, 896)}
@@ -25,6 +28,29 @@ def fresh_accelerate_state():
         return
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def smollm2_loaded_once():
+    """Load the real SmolLM2-135M from its GGUF once per test process and hand every caller a deep copy.
+
+    Why: each load parses the GGUF tokenizer (~5 s) and de-quantises 272 tensors (~14 s), and a dozen tests build
+    the `smollm2-135m` preset or reload it as a trained-only checkpoint's base: ~3 of the suite's ~8.5 minutes.
+    The first call runs the real loader, so the GGUF path stays tested (and `tests/test_real_llm.py` imports the
+    original function); copies keep every test free to mutate its model and tokenizer (new special tokens).
+    """
+    original = presets.load_smollm2
+    loaded: dict[torch.dtype, tuple] = {}
+
+    def load_once(dtype: torch.dtype = torch.float32):
+        if dtype not in loaded:
+            loaded[dtype] = original(dtype)
+        model, tokenizer = loaded[dtype]
+        return copy.deepcopy(model), copy.deepcopy(tokenizer)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(presets, "load_smollm2", load_once)
+        yield
 
 
 @pytest.fixture
