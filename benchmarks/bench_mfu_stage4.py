@@ -25,15 +25,20 @@ loop's previous objective (logits at the scored positions, `logits_to_keep`, the
 that (Hugging Face's loss over all logits, foreach AdamW, dense padding mask), that plus fused AdamW and no mask, and
 one candidate change: every `nn.Linear` weight stored in bf16, with fp32 master copies for the trained ones
 (autocast kept: the same numbers without the per-forward casts). Each recipe's saved activations (the distinct
-storages autograd keeps for backward) are measured once. A profile of one loop step says where the time goes.
+storages autograd keeps for backward) are measured once, and the three loss paths' peak RSS growth over one step
+in a fresh process each. A profile of one loop step says where the time goes.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_mfu_stage4.py [--quick] [--reps 3] [--no-variants]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_mfu_stage4.py [--quick] [--reps 3] [--no-variants] [--no-memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -42,6 +47,7 @@ import torch
 from bench_stage3_memory import (
     MODEL_KEYS,
     PRESET,
+    _status_kb,
     build_stage,
     cast_frozen_linears,
     conversation,
@@ -229,6 +235,31 @@ class Step:
         return t3 - t0
 
 
+def memory_child(recipe_name: str, preset: str, batch_size: int, tokens: int, threads: int) -> None:
+    """Subprocess: build the stage-4 model and batch, run one warm-up step of the recipe (grads and AdamW state
+    exist from then on, as in training), then report the peak RSS growth of one more step as JSON."""
+    setup_torch(threads)
+    model, processor = build_stage(4, preset)
+    batch = instruction_batch(processor, batch_size, tokens)
+    step = Step(model, next(r for r in RECIPES if r.name == recipe_name))
+    step.run(batch)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current RSS
+    before = _status_kb("VmRSS")
+    step.run(batch)
+    print(json.dumps({"growth_mb": (_status_kb("VmHWM") - before) / 1024}))
+
+
+def peak_rss_growth(recipe_name: str, args: argparse.Namespace, batch_size: int) -> float:
+    """MB of peak RSS growth of one step of `recipe_name`, in a fresh process (glibc told to return freed memory,
+    so the peak is the step's own)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--memory-child", recipe_name, "--preset", args.preset]
+    cmd += ["--batch-size", str(batch_size), "--tokens", str(args.tokens), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["growth_mb"]
+
+
 def profile_step(step: Step, batch: dict, rows: int) -> None:
     """Forward + backward of one step under torch.profiler (the optimizer has its own column above): the top ops by
     self time, and the time split into a few kinds."""
@@ -267,9 +298,14 @@ def main() -> None:
     parser.add_argument("--preset", default=PRESET, help=f"model preset (default {PRESET})")
     parser.add_argument("--no-variants", action="store_true", help="time the baseline recipe only")
     parser.add_argument("--profile-rows", type=int, default=15, help="profiler table rows (0: no profile)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-recipe peak RSS subprocesses")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    setup_torch(args.threads)
     batch_size = args.batch_size or (2 if args.quick else 8)
+    if args.memory_child:
+        memory_child(args.memory_child, args.preset, batch_size, args.tokens, args.threads)
+        return
+    setup_torch(args.threads)
     reps = args.reps or (1 if args.quick else 3)
     print(machine_line(torch.bfloat16))
 
@@ -332,6 +368,10 @@ def main() -> None:
     if args.profile_rows and not args.quick:
         print(f"profile of one '{base}' step:")
         profile_step(steps[base], batch, args.profile_rows)
+    if not (args.quick or args.no_memory):
+        print("peak RSS growth of one step (after a warm-up step), a fresh process per recipe:")
+        for recipe in recipes[:3]:  # the three loss paths: chunked, scored logits, HF loss over all logits
+            print(f"  {recipe.name:<28} {peak_rss_growth(recipe.name, args, batch_size):>7,.0f} MB", flush=True)
     print(result_line("mfu_stage4_bf16", f"{mfu * 100:.1f}%", f">= {TARGET * 100:.0f}%", mfu >= TARGET))
 
 
