@@ -376,15 +376,8 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         if self.config.text_config.model_type not in PLAIN_HEAD_FAMILIES or not isinstance(head, nn.Linear):
             return False
         weight = head.weight
-        return (
-            head.bias is None
-            and weight.shape == (head.out_features, head.in_features)
-            and type(weight)
-            in (
-                torch.Tensor,
-                nn.Parameter,
-            )
-        )
+        local = type(weight) in (torch.Tensor, nn.Parameter)  # not a DTensor shard
+        return head.bias is None and local and weight.shape == (head.out_features, head.in_features)
 
     def _cross_attention_inputs(self, context: CrossAttentionContext, input_ids: torch.Tensor) -> CrossAttentionInputs:
         """Masks for one call, built once and shared by every block."""

@@ -21,6 +21,7 @@ from transformers import BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 
 from .image_processing import ImageInput, InfiMMHDImageProcessor
+from .linear_cross_entropy import IGNORE_INDEX
 
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
@@ -230,7 +231,7 @@ class InfiMMHDProcessor(ProcessorMixin):
 
     def _labels(self, input_ids, attention_mask, offsets, spans) -> torch.Tensor:
         """-100 except for tokens that start inside an assistant span (never `<image>` or padding)."""
-        labels = torch.full_like(input_ids, -100)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
         for b, row_spans in enumerate(spans):
             starts = offsets[b, :, 0]
             ends = offsets[b, :, 1]

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
+from ..linear_cross_entropy import IGNORE_INDEX
 from ..processing import InfiMMHDProcessor
-
-IGNORE_INDEX = -100
 
 
 def render_length(processor: InfiMMHDProcessor, messages: list[dict[str, Any]], num_images: int) -> int:
