@@ -36,9 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -47,12 +44,13 @@ import torch
 from bench_stage3_memory import (
     MODEL_KEYS,
     PRESET,
-    _status_kb,
     build_stage,
     cast_frozen_linears,
     conversation,
     forward_loss,
     make_batch,
+    measure_peak_rss,
+    run_json_child,
     saved_activation_bytes,
     untied_linears,
 )
@@ -243,21 +241,15 @@ def memory_child(recipe_name: str, preset: str, batch_size: int, tokens: int, th
     batch = instruction_batch(processor, batch_size, tokens)
     step = Step(model, next(r for r in RECIPES if r.name == recipe_name))
     step.run(batch)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-    before = _status_kb("VmRSS")
-    step.run(batch)
-    print(json.dumps({"growth_mb": (_status_kb("VmHWM") - before) / 1024}))
+    print(json.dumps(measure_peak_rss(lambda: step.run(batch))))
 
 
 def peak_rss_growth(recipe_name: str, args: argparse.Namespace, batch_size: int) -> float:
-    """MB of peak RSS growth of one step of `recipe_name`, in a fresh process (glibc told to return freed memory,
-    so the peak is the step's own)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--memory-child", recipe_name, "--preset", args.preset]
-    cmd += ["--batch-size", str(batch_size), "--tokens", str(args.tokens), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["growth_mb"]
+    """MB of peak RSS growth of one step of `recipe_name`, in a fresh process."""
+    child_args = ["--memory-child", recipe_name, "--preset", args.preset, "--batch-size", str(batch_size)]
+    child_args += ["--tokens", str(args.tokens), "--threads", str(args.threads)]
+    report = run_json_child(child_args, script=__file__)
+    return report["peak_mb"] - report["before_mb"]
 
 
 def profile_step(step: Step, batch: dict, rows: int) -> None:

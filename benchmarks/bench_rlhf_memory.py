@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 
 import torch
-from bench_stage3_memory import _status_kb, conversation, make_batch
+from bench_stage3_memory import _status_kb, conversation, make_batch, measure_peak_rss, run_json_child
 from common import machine_line, setup_torch
 
 PRESET = "smollm2-135m"
@@ -90,25 +87,18 @@ def child(preset: str, variant: str, trainable: str, threads: int) -> None:
         return time.perf_counter() - start
 
     step()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-    before = _status_kb("VmRSS")
-    seconds = step()
-    peak = _status_kb("VmHWM")
+    peak = measure_peak_rss(step)  # before_mb, peak_mb, seconds
     trainable_mb = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
     total_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     print(json.dumps({
-        "model_rss_mb": model_rss / 1024, "before_mb": before / 1024, "peak_mb": peak / 1024, "seconds": seconds,
+        "model_rss_mb": model_rss / 1024, **peak,
         "reference_mb": reference_bytes / 2**20, "trainable_mb": trainable_mb, "params_mb": total_mb,
     }))  # fmt: skip
 
 
 def run_child(preset: str, variant: str, trainable: str, threads: int) -> dict[str, float]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--child", variant, "--set", trainable, "--preset", preset,
-           "--threads", str(threads)]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    args = ["--child", variant, "--set", trainable, "--preset", preset, "--threads", str(threads)]
+    return run_json_child(args, script=__file__)
 
 
 def main() -> None:

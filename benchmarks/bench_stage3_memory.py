@@ -187,6 +187,24 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
+def measure_peak_rss(step: Callable[[], float]) -> dict[str, float]:
+    """Run `step` (returning its seconds) with the process's peak RSS reset to its current RSS just before:
+    {"before_mb", "peak_mb", "seconds"}. Linux only (/proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS to the current RSS
+    before = _status_kb("VmRSS")
+    seconds = step()
+    return {"before_mb": before / 1024, "peak_mb": _status_kb("VmHWM") / 1024, "seconds": seconds}
+
+
+def run_json_child(args: list[str], script: str = __file__) -> dict[str, float]:
+    """Run `script` with `args` in a fresh Python process and return the JSON its last stdout line holds. glibc is
+    told to return freed memory, so a peak measured there is the step's own."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def child(state: str, variant: str, threads: int) -> None:
     """Subprocess: load (model, batch), warm up, then report the RSS peak growth of one step as JSON."""
     setup_torch(threads)
@@ -194,19 +212,11 @@ def child(state: str, variant: str, threads: int) -> None:
     prepare(model, variant)
     optimizer = adamw(model)
     train_step(model, optimizer, batch)  # grads + AdamW state exist from here on, as in training
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-    before = _status_kb("VmRSS")
-    seconds = train_step(model, optimizer, batch)
-    peak = _status_kb("VmHWM")
-    print(json.dumps({"before_mb": before / 1024, "peak_mb": peak / 1024, "seconds": seconds}))
+    print(json.dumps(measure_peak_rss(lambda: train_step(model, optimizer, batch))))
 
 
 def run_child(state: str, variant: str, threads: int) -> dict[str, float]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--child", variant, "--state", state, "--threads", str(threads)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_json_child(["--child", variant, "--state", state, "--threads", str(threads)])
 
 
 # -- main -----------------------------------------------------------------------------------------------------------
