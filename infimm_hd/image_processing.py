@@ -43,8 +43,9 @@ crop normalised on its own. `preprocess` computes the same crops with far less w
    falls on a whole row, and the canvas reduced with the reference canvas's exact scale, so the image and its
    edge against the padding land where the reference puts them.
 5. All crops are copied once from uint8 into one float32 batch, normalised in place by one fused multiply-add
-   pass; a batch over 32 MB is allocated on transparent huge pages (see `_empty_float32`). Pad canvases are
-   filled row by row (`_canvas`). ``pixel_values`` is (N, 3, S, S) in **channels-last memory**
+   pass, in memory recycled from earlier outputs that are no longer referenced (`recycled_buffers`: fresh
+   memory's page faults were ~30% of the time in a process that only preprocesses). Pad canvases are filled row
+   by row (`_canvas`). ``pixel_values`` is (N, 3, S, S) in **channels-last memory**
    (``torch.channels_last``: stored as (N, S, S, 3)), the layout the resize produces: copying windows out of the
    interleaved RGB grid into planar NCHW memory was the single most expensive step (a de-interleaving uint8 ->
    float32 copy, ~2x slower than this layout's row copies plus the normalisation). Values are identical; every
@@ -68,7 +69,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import mmap
 import os
 import warnings
 from collections.abc import Iterator
@@ -84,6 +84,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
 from .hires import TilePlan, plan_tiles, tile_image
+from .recycled_buffers import OUTPUT_BUFFERS
 
 __all__ = [
     "CLIP_MEAN",
@@ -114,7 +115,6 @@ _MIN_REDUCING_GAP = 2  # the grid image may serve as thumbnail source only when 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # orientations that swap width and height
 _INT32_MAX = 2**31 - 1
-_HUGE_PAGE_MIN_BYTES = 32 << 20  # outputs over glibc's largest mmap threshold go on huge pages (`_empty_float32`)
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -525,7 +525,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
             crops.append((thumbnail, grid))
 
         # (N, S, S, 3) memory, handed out as an (N, 3, S, S) channels-last view: see the module docstring (5.).
-        pixels_hwc = _empty_float32((sum(p.num_crops for p in plans), ws, ws, 3))
+        pixels_hwc = OUTPUT_BUFFERS.empty_float32((sum(p.num_crops for p in plans), ws, ws, 3))
         start = 0
         for plan, (thumbnail, grid) in zip(plans, crops, strict=True):
             pixels_hwc[start].copy_(thumbnail[0].permute(1, 2, 0))  # uint8 -> float32, (S, S, 3)
@@ -757,26 +757,6 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; a large one on transparent huge pages where the kernel offers them.
-
-    Why: a batch's output is big (10 crops of 448 px = 24 MB per image). Up to 32 MB, malloc recycles freed heap
-    memory, which is warm; above that it always maps fresh memory, which the kernel zeroes one 4 KB page fault at a
-    time, costing more than normalising the crops (measured: 60 MB written in 21 ms on fresh 4 KB pages, 10 ms on
-    huge pages, 5 ms on warm memory). ``madvise(MADV_HUGEPAGE)`` asks for 2 MB pages for this mapping only (what
-    torch's ``THP_MEM_ALLOC_ENABLE`` does for every allocation); where that is unsupported the mapping is ordinary
-    memory. The tensor keeps the mapping alive and is an ordinary CPU tensor (picklable, shareable with workers,
-    convertible to numpy).
-    """
-    nbytes = 4 * math.prod(shape)
-    if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=torch.float32)
-    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):
-        buffer.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(buffer, dtype=torch.float32).view(shape)
 
 
 def _pad_resolution(offset: int, short: int, side: int, ws: int, available: int) -> tuple[int, float]:

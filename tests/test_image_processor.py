@@ -242,15 +242,33 @@ def test_pil_fallback_decoder_gives_the_same_pixels(proc, monkeypatch):
 
 
 def test_batch_equals_images_processed_one_by_one(proc):
-    # 3000x2000 (9 crops) + 4000x3000 (10 crops): the batch output is over 32 MB, so it takes the huge-page path.
+    # 3000x2000 (9 crops) + 4000x3000 (10 crops): 45 MB of output, in one recycled buffer.
     images = [encode(photo("astronaut", (3000, 2000)), "JPEG"), encode(photo("coffee", (4000, 3000)), "JPEG")]
     batch = proc.process(images)
-    assert batch.pixel_values.numel() * 4 > ip._HUGE_PAGE_MIN_BYTES
     single = [proc.process(image) for image in images]
     assert torch.equal(batch.pixel_values, torch.cat([s.pixel_values for s in single]))
     assert torch.equal(batch.image_grids, torch.cat([s.image_grids for s in single]))
     restored = pickle.loads(pickle.dumps(batch.pixel_values))
     assert torch.equal(restored, batch.pixel_values)
+
+
+def test_outputs_kept_by_the_caller_survive_later_calls(proc):
+    # pixel_values live in recycled buffers (`recycled_buffers`): one the caller still holds, even only through a
+    # view or a numpy array, must never be written by a later call; one it dropped is reused.
+    photos = [encode(photo(name, (1024, 768)), "JPEG") for name in ("astronaut", "coffee", "chelsea")]
+    first = proc(photos[0])["pixel_values"]
+    expected = first.clone()
+    as_numpy = first.numpy()
+    view = first[1:3]
+    first_ptr = first.data_ptr()
+    del first
+    second = proc(photos[1])["pixel_values"]
+    assert second.data_ptr() != first_ptr
+    assert np.array_equal(as_numpy, expected.numpy()) and torch.equal(view, expected[1:3])
+    del as_numpy, view
+    third = proc(photos[2])["pixel_values"]  # the first output is unreachable now: its buffer comes back
+    assert third.data_ptr() == first_ptr
+    assert torch.equal(third, proc(photos[2])["pixel_values"])  # every value rewritten (that call: fresh memory)
 
 
 # ---------------------------------------------------------------------------------------------------------------
