@@ -27,7 +27,9 @@ same libjpeg-turbo decoder ours uses, and ~25% faster for them than going throug
 fastest configuration of the fastest peer (``--no-pil`` drops the PIL backends, which are the slowest); the ratio
 against PIL-image inputs only (what earlier versions of this script reported) is printed for information. A 12 MP
 phone photo (4032x3024) is timed afterwards for information (not in the ratio): that is where JPEG DCT scaling
-applies.
+applies. Also for information: ours alone in fresh processes (what a data-loader worker is), with the recycled
+output buffers (`infimm_hd.recycled_buffers`) on and off, since how warm freshly allocated memory is depends on
+what else the process allocated: in the interleaved run the peers' large frees keep glibc's heap warm for us.
 
 How: one thread (``torch.set_num_threads(1)`` and OMP/MKL/OpenBLAS limited through the environment before any
 import), a warm-up pass per processor, then ``--reps`` passes interleaved (A B C, C B A, ...); each pass times all
@@ -45,6 +47,10 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -111,14 +117,47 @@ def output_floats(result: object) -> int:
     return int(np.prod(tuple(result["pixel_values"].shape)))
 
 
+def alone_child(reps: int) -> None:
+    """Subprocess: only our processor, one warm-up pass then `reps` passes; prints JSON (median ms, faults/image)."""
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    inputs, ours = make_inputs(), InfiMMHDImageProcessor()
+    passes, faults = [], 0
+    for rep in range(reps + 1):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        for _, data in inputs:
+            ours(data)
+        if rep:  # the first pass is the warm-up
+            passes.append(time.perf_counter() - start)
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps({"ms": median(passes) * 1e3, "faults": faults / (reps * len(inputs))}))
+
+
+def alone(recycle: bool, reps: int) -> dict[str, float]:
+    """Run `alone_child` in a fresh process with recycled output buffers on (the default budget) or off."""
+    env = dict(os.environ)
+    if not recycle:
+        env["INFIMM_HD_RECYCLED_BUFFER_BYTES"] = "0"
+    else:
+        env.pop("INFIMM_HD_RECYCLED_BUFFER_BYTES", None)
+    command = [sys.executable, __file__, "--alone-child", "--reps", str(reps)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     """Time every processor over the inputs, print images/s and the ratio, end with the RESULT line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=15, help="timed passes per processor (default 15)")
     parser.add_argument("--quick", action="store_true", help="5 passes")
     parser.add_argument("--no-pil", action="store_true", help="skip the informational PIL-backend peers")
+    parser.add_argument("--alone-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     reps = 5 if args.quick else args.reps
+    if args.alone_child:
+        alone_child(reps)
+        return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # torchvision 0.29's note on its decoders
@@ -178,6 +217,16 @@ def main() -> None:
     print(f"\ninformation only: {PHONE[0]}x{PHONE[1]} (12 MP phone photo), per-image ms, median:")
     for name, ms in phone_ms.items():
         print(f"  {name:32s} {ms:9.1f}")
+
+    # Informational: ours alone in fresh processes, recycled buffers on / off, interleaved (on, off, off, on).
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for recycle in (True, False, False, True):
+        runs[recycle].append(alone(recycle, reps))
+    print(f"\ninformation only: ours alone in a fresh process (a data-loader worker), {len(inputs)} images a pass:")
+    for recycle, label in ((True, "recycled output buffers (default)"), (False, "off: a fresh mapping per output")):
+        ms = median([r["ms"] for r in runs[recycle]])
+        faults = median([r["faults"] for r in runs[recycle]])
+        print(f"  {label:34s} {ms:7.1f} ms  ({len(inputs) / ms * 1e3:5.1f} images/s, {faults:5.0f} page faults/image)")
 
     ours = rates["infimm-hd (ours)"]
     peers = [n for n in processors if n != "infimm-hd (ours)"]

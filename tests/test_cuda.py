@@ -4,8 +4,9 @@
     INFIMM_TEST_DEVICE=cuda .venv/bin/pytest -q tests/test_cuda.py    # CUDA or skip (benchmarks/gpu_checks.sh)
 
 `INFIMM_TEST_DEVICE` picks the device ("cuda", "cuda:N" or "cpu"; by default CUDA when available, else CPU, so the
-main test run on a CPU machine keeps this file's code exercised); with "cuda" and no GPU the module is skipped. Random-weight tiny models only (the `tiny` preset: 8-layer Llama of width 64, 2-layer ViT of width 32), so
-nothing here needs a download or the SmolLM2 file. On CPU the "device" and the reference run the same kernels, so
+main test run on a CPU machine keeps this file's code exercised); with "cuda" and no GPU the module is skipped.
+Random-weight tiny models only (the `tiny` preset: 8-layer Llama of width 64, 2-layer ViT of width 32), so nothing
+here needs a download or the SmolLM2 file. On CPU the "device" and the reference run the same kernels, so
 the comparisons there only prove the test code; the tolerances are for the GPU and each one says why it is that size.
 
 Float32 comparisons run with TF32 off (the module fixture below): PyTorch enables TF32 for cuDNN convolutions by
