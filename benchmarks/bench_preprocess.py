@@ -28,8 +28,9 @@ fastest configuration of the fastest peer (``--no-pil`` drops the PIL backends, 
 against PIL-image inputs only (what earlier versions of this script reported) is printed for information. A 12 MP
 phone photo (4032x3024) is timed afterwards for information (not in the ratio): that is where JPEG DCT scaling
 applies. Also for information: ours alone in fresh processes (what a data-loader worker is), with the recycled
-output buffers (`infimm_hd.recycled_buffers`) on and off, since how warm freshly allocated memory is depends on
-what else the process allocated: in the interleaved run the peers' large frees keep glibc's heap warm for us.
+output buffers (`infimm_hd.recycled_buffers`), with recycling off, and with plain `torch.empty`, since how warm
+freshly allocated memory is depends on what else the process allocated: in the interleaved run the peers' large
+frees keep glibc's heap warm for us.
 
 How: one thread (``torch.set_num_threads(1)`` and OMP/MKL/OpenBLAS limited through the environment before any
 import), a warm-up pass per processor, then ``--reps`` passes interleaved (A B C, C B A, ...); each pass times all
@@ -69,6 +70,11 @@ TARGET = 2.0
 SIZES = ((640, 480), (1024, 768), (1920, 1080), (3000, 2000))
 PHONE = (4032, 3024)  # informational extra: a 12 MP phone photo
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+ALLOCATIONS = {  # how the "alone" child allocates pixel_values -> label
+    "recycled": "recycled output buffers (default)",
+    "fresh": "recycling off: a fresh mapping per output",
+    "malloc": "torch.empty (before recycled_buffers)",
+}
 
 
 def make_inputs(sizes: tuple[tuple[int, int], ...] = SIZES) -> list[tuple[tuple[int, int], bytes]]:
@@ -117,8 +123,18 @@ def output_floats(result: object) -> int:
     return int(np.prod(tuple(result["pixel_values"].shape)))
 
 
-def alone_child(reps: int) -> None:
-    """Subprocess: only our processor, one warm-up pass then `reps` passes; prints JSON (median ms, faults/image)."""
+def alone_child(reps: int, allocation: str) -> None:
+    """Subprocess: only our processor, one warm-up pass then `reps` passes; prints JSON (median ms, faults/image).
+
+    ``allocation``: "recycled" (the default), "fresh" (recycling off: a new mapping per output) or "malloc" (plain
+    ``torch.empty``, what the processor used for outputs under 32 MB before `recycled_buffers`).
+    """
+    from infimm_hd import recycled_buffers
+
+    if allocation == "fresh":
+        recycled_buffers.OUTPUT_BUFFERS.max_bytes = 0
+    elif allocation == "malloc":
+        recycled_buffers.OUTPUT_BUFFERS.empty_float32 = lambda shape: torch.empty(shape, dtype=torch.float32)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     inputs, ours = make_inputs(), InfiMMHDImageProcessor()
@@ -134,15 +150,10 @@ def alone_child(reps: int) -> None:
     print(json.dumps({"ms": median(passes) * 1e3, "faults": faults / (reps * len(inputs))}))
 
 
-def alone(recycle: bool, reps: int) -> dict[str, float]:
-    """Run `alone_child` in a fresh process with recycled output buffers on (the default budget) or off."""
-    env = dict(os.environ)
-    if not recycle:
-        env["INFIMM_HD_RECYCLED_BUFFER_BYTES"] = "0"
-    else:
-        env.pop("INFIMM_HD_RECYCLED_BUFFER_BYTES", None)
-    command = [sys.executable, __file__, "--alone-child", "--reps", str(reps)]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+def alone(allocation: str, reps: int) -> dict[str, float]:
+    """Run `alone_child` in a fresh process with the given output allocation."""
+    command = [sys.executable, __file__, "--alone-child", allocation, "--reps", str(reps)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -152,11 +163,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15, help="timed passes per processor (default 15)")
     parser.add_argument("--quick", action="store_true", help="5 passes")
     parser.add_argument("--no-pil", action="store_true", help="skip the informational PIL-backend peers")
-    parser.add_argument("--alone-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--alone-child", choices=ALLOCATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     reps = 5 if args.quick else args.reps
     if args.alone_child:
-        alone_child(reps)
+        alone_child(reps, args.alone_child)
         return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -218,15 +229,15 @@ def main() -> None:
     for name, ms in phone_ms.items():
         print(f"  {name:32s} {ms:9.1f}")
 
-    # Informational: ours alone in fresh processes, recycled buffers on / off, interleaved (on, off, off, on).
-    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-    for recycle in (True, False, False, True):
-        runs[recycle].append(alone(recycle, reps))
+    # Informational: ours alone in fresh processes, per output allocation, interleaved (A B C, C B A).
+    runs: dict[str, list[dict[str, float]]] = {a: [] for a in ALLOCATIONS}
+    for allocation in (*ALLOCATIONS, *reversed(ALLOCATIONS)):
+        runs[allocation].append(alone(allocation, reps))
     print(f"\ninformation only: ours alone in a fresh process (a data-loader worker), {len(inputs)} images a pass:")
-    for recycle, label in ((True, "recycled output buffers (default)"), (False, "off: a fresh mapping per output")):
-        ms = median([r["ms"] for r in runs[recycle]])
-        faults = median([r["faults"] for r in runs[recycle]])
-        print(f"  {label:34s} {ms:7.1f} ms  ({len(inputs) / ms * 1e3:5.1f} images/s, {faults:5.0f} page faults/image)")
+    for allocation, label in ALLOCATIONS.items():
+        ms = median([r["ms"] for r in runs[allocation]])
+        faults = median([r["faults"] for r in runs[allocation]])
+        print(f"  {label:40s} {ms:7.1f} ms  ({len(inputs) / ms * 1e3:5.1f} images/s, {faults:5.0f} page faults/image)")
 
     ours = rates["infimm-hd (ours)"]
     peers = [n for n in processors if n != "infimm-hd (ours)"]
