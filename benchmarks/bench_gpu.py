@@ -12,8 +12,8 @@ not yet measured there):
    the first 32 tokens unscored), one image each with 2x2, 2x3, 3x3, 3x2 windows (5, 7, 10, 7 crops). The step is
    the training loop's: fp32 master weights, bf16 autocast, `SFTObjective` (chunked LM head + cross-entropy, no
    logits), backward, gradient clipping, `optim.build_optimizer`'s fused AdamW; LLM + blocks + embeddings trained,
-   ViT frozen. Model FLOPs are counted as `bench_mfu_stage4.model_flops` counts them (summed per sample, since the
-   crops differ), over the real tokens; `torch.utils.flop_counter.FlopCounterMode` cross-checks one step against
+   ViT frozen. Model FLOPs are counted by `bench_mfu_stage4.model_flops` (keys per sample from its crops), over the
+   real tokens; `torch.utils.flop_counter.FlopCounterMode` cross-checks one step against
    the same formula counted as executed (padding, full attention squares). MFU is reported against the measured peak
    (target >= 30%, as `bench_mfu_stage4`) and against the nominal dense bf16 peak of an H100/H200 SXM (989 TFLOP/s).
 3. Decode: greedy `generate` (KV cache, 64 tokens, bf16 weights) of the same model with a 1344 px image (3x3 windows +
@@ -171,23 +171,6 @@ def training_batch(model, batch_size: int, tokens: int, seed: int = 0) -> dict:
     }
 
 
-def step_flops(model, batch: dict, executed: bool = False) -> dict[str, float]:
-    """`bench_mfu_stage4.model_flops` summed per sample (it assumes equal crops per sample; these differ)."""
-    crops = (1 + batch["image_grids"].prod(dim=1)).tolist()
-    total: dict[str, float] = {}
-    first = 0
-    for i, n in enumerate(crops):
-        sample = {
-            "input_ids": batch["input_ids"][i : i + 1],
-            "attention_mask": batch["attention_mask"][i : i + 1],
-            "pixel_values": batch["pixel_values"][first : first + n],
-        }
-        first += n
-        for part, value in model_flops(model, sample, executed=executed).items():
-            total[part] = total.get(part, 0.0) + value
-    return total
-
-
 class TrainStep:
     """The training loop's step written out: bf16 autocast forward (`SFTObjective`), backward, clip, fused AdamW."""
 
@@ -283,9 +266,9 @@ def train_part(model, scale: Scale, device: torch.device, args: argparse.Namespa
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
         step.loss(batch).backward()
     model.zero_grad(set_to_none=True)
-    parts = step_flops(model, batch)
+    parts = model_flops(model, batch)
     flops = sum(parts.values())
-    executed = sum(step_flops(model, batch, executed=True).values())
+    executed = sum(model_flops(model, batch, executed=True).values())
     counted = counter.get_total_flops()
     print(f"model FLOPs per step: {flops_text(flops)} = " + ", ".join(f"{k} {flops_text(v)}" for k, v in parts.items()))
     print(

@@ -116,13 +116,15 @@ def model_flops(model, batch: dict, executed: bool = False) -> dict[str, float]:
         2 * patches * 3 * patch * patch * dv  # patch embedding
         + depth * (2 * seq * (4 + 2 * mlp) * dv * dv + 2 * 2 * seq * seq * dv)  # qkv, proj, MLP; QK^T + AV
     )
-    per_crop = tower.tokens_per_crop
-    keys = crops * per_crop // len(lengths)  # one image per sample: all its crops' tokens are its keys
+    grids = batch["image_grids"].tolist()  # (I, 2) windows per image; one image per sample
+    if len(grids) != len(lengths):
+        raise ValueError(f"model_flops counts one image per sample: {len(grids)} images, {len(lengths)} samples")
+    keys = [(1 + rows * cols) * tower.tokens_per_crop for rows, cols in grids]  # thumbnail + windows, all keys
     inner, ff = cfg.cross_attention_heads * cfg.cross_attention_head_dim, round(d * cfg.cross_attention_ff_mult)
     blocks = len(cfg.cross_attention_layers)
     xattn_linear = blocks * 2 * tokens * (2 * d * inner + 2 * d * ff)
-    xattn_core = blocks * 2 * 2 * tokens * keys * inner
-    to_kv = blocks * 2 * len(lengths) * keys * dv * 2 * inner
+    xattn_core = blocks * 2 * 2 * inner * sum(t * k for t, k in zip(lengths, keys, strict=True))
+    to_kv = blocks * 2 * sum(keys) * dv * 2 * inner
     core = 3.5 if executed else 3.0  # forward + backward of QK^T and AV
     return {
         "LLM linears (6NT)": 6 * linear * tokens,
