@@ -120,6 +120,25 @@ def test_stream_concatenates_to_the_answer_and_reports_timings(tiny_model):
     assert t.total_s >= t.time_to_first_token_s + t.decode_s
     assert t.decode_tokens_per_s == pytest.approx(15 / t.decode_s)
     assert set(t.to_dict()) >= {"vision_s", "prefill_s", "time_to_first_token_s", "decode_tokens_per_s"}
+    # The generated ids, EOS and padding dropped: they decode to the text, and are the sequence's new tokens.
+    new = result.output.sequences[0, t.prompt_tokens :].tolist()
+    special = set(processor.tokenizer.all_special_ids)
+    assert result.answer_ids == [i for i in new if i not in special] and len(result.answer_ids) > 1
+    assert processor.tokenizer.decode(result.answer_ids) == expected
+
+
+def test_stream_answer_ids_keep_the_generated_split_and_need_the_end(tiny_model):
+    model, processor = tiny_model
+    kw = letters_only(processor) | {"max_new_tokens": 12}
+    result = infimm_hd.stream(model, processor, coloured(4, seed=3), "What is it?", **kw)
+    with pytest.raises(RuntimeError, match="consume"):
+        _ = result.answer_ids
+    text = result.consume()
+    assert processor.tokenizer.decode(result.answer_ids) == text
+    assert len(result.answer_ids) == result.timings.new_tokens - sum(
+        i in set(processor.tokenizer.all_special_ids)
+        for i in result.output.sequences[0, result.timings.prompt_tokens :]
+    )
 
 
 def test_stream_close_cancels_generation(tiny_model):

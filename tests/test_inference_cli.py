@@ -8,6 +8,7 @@ answers are readable text rather than replacement characters that all look alike
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -101,13 +102,30 @@ def test_help(main, capsys):
     assert "--model" in out and "--image" in out and "--max-windows" in out
 
 
-def test_ask_attention_map_writes_a_png(saved, tmp_path, capsys):
-    pytest.importorskip("infimm_hd.inference.attention_map")
+def test_ask_attention_map_writes_a_png(saved, tmp_path, capsys, monkeypatch):
+    attention_map = pytest.importorskip("infimm_hd.inference.attention_map")
+    answer_module = importlib.import_module("infimm_hd.inference.answer")  # the package re-exports `answer` itself
+
     folder, image, _ = saved
+    maps, streams = [], []
+    real_map, real_stream = attention_map.answer_attention_map, answer_module.stream
+
+    def recording_map(model, processor, image, question, answer, **kwargs):
+        maps.append(answer)
+        return real_map(model, processor, image, question, answer, **kwargs)
+
+    def recording_stream(*args, **kwargs):
+        streams.append(real_stream(*args, **kwargs))
+        return streams[-1]
+
+    monkeypatch.setattr(attention_map, "answer_attention_map", recording_map)
+    monkeypatch.setattr(answer_module, "stream", recording_stream)
     out_png = tmp_path / "where.png"
     argv = ["--model", folder, "--image", image, "What?", "--max-new-tokens", "4", "--attention-map", str(out_png)]
     assert ask_main([*argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["attention_map"] == str(out_png)
+    # The map is over the tokens the model generated, not over a re-tokenisation of the answer text.
+    assert maps == [streams[0].answer_ids] and all(isinstance(i, int) for i in maps[0])
     with Image.open(out_png) as picture:
         assert picture.format == "PNG" and picture.width > 0
 

@@ -135,8 +135,14 @@ def ask_main(argv: list[str] | None = None) -> int:
         from .attention_map import answer_attention_map, save_attention_overlay
 
         try:
-            heat = answer_attention_map(
-                model, processor, image, args.question, answer, max_windows=args.max_windows, system=args.system
+            heat = answer_attention_map(  # over the generated ids: re-tokenising the text may split it differently
+                model,
+                processor,
+                image,
+                args.question,
+                result.answer_ids,
+                max_windows=args.max_windows,
+                system=args.system,
             )
         except (ValueError, RuntimeError) as err:  # e.g. an empty answer has no tokens to map
             return _fail(f"no attention map: {err}")

@@ -102,6 +102,7 @@ class StreamResult(Iterator[str]):
         on_done: Callable[[StreamResult], None] | None = None,
     ):
         self._streamer = TimedTextStreamer(processor.tokenizer, **DECODE_KWARGS)
+        self._special_ids = frozenset(processor.tokenizer.all_special_ids)
         self._cancel = _Cancel()
         self._run = run
         self._started = started
@@ -161,6 +162,18 @@ class StreamResult(Iterator[str]):
     def text(self) -> str:
         """The answer so far (all of it once iteration has ended)."""
         return "".join(self._pieces)
+
+    @property
+    def answer_ids(self) -> list[int]:
+        """The generated token ids of the answer, special tokens (EOS, padding) dropped as `.text` drops them.
+
+        Why: a re-tokenisation of `.text` may split it differently from what the model produced (an attention map
+        over the answer wants the very tokens). Available once iteration has ended.
+        """
+        if not self._finished or self.output is None:
+            raise RuntimeError("answer_ids are known once the generation has ended: iterate or call consume() first")
+        new = self.output.sequences[0, self._prompt_tokens :].tolist()
+        return [token for token in new if token not in self._special_ids]
 
     def consume(self) -> str:
         """Run to the end and return the whole answer."""
