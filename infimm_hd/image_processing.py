@@ -90,11 +90,13 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_MAX_PIXELS",
+    "ImageTooLargeError",
     "ImageInput",
     "InfiMMHDImageProcessor",
     "ProcessedImages",
     "load_image",
     "normalize",
+    "open_image_header",
     "process_images",
 ]
 
@@ -384,6 +386,48 @@ def _exif_orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+class ImageTooLargeError(ValueError):
+    """An image refused from its header for its pixel count: over ``max_pixels`` or PIL's decompression-bomb limit."""
+
+
+def check_image_size(width: int, height: int, max_pixels: int | None) -> None:
+    """Zero-size (`ValueError`) and pixel-budget (`ImageTooLargeError`) checks on a declared size."""
+    if width < 1 or height < 1:
+        raise ValueError(f"image has zero size: {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the pixel budget "
+            f"(max_pixels={max_pixels:,}); refused before decoding"
+        )
+
+
+def open_image_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Encoded bytes -> a lazily opened PIL image (header read, no pixel decoded) whose size passed the checks.
+
+    Every failure is a `ValueError` naming the problem: empty, unknown or corrupt bytes, a malformed header, a
+    zero size, and (as `ImageTooLargeError`) a size over ``max_pixels`` or PIL's decompression-bomb limit. The
+    processor opens every encoded input with it, and the server checks request images with it before queueing.
+    """
+    if not data:
+        raise ValueError("image data is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that; both mean "refuse".
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            pil = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageTooLargeError(
+            f"image refused before decoding: over the pixel budget (PIL's Image.MAX_IMAGE_PIXELS="
+            f"{Image.MAX_IMAGE_PIXELS}, max_pixels={max_pixels}): {err}"
+        ) from err
+    except UnidentifiedImageError as err:
+        raise ValueError(f"cannot identify an image format in {len(data)} bytes (not an image or corrupt)") from err
+    except Exception as err:  # noqa: BLE001 - PIL raises many exception types on malformed headers
+        raise ValueError(f"cannot read the image header ({len(data)} bytes): {type(err).__name__}: {err}") from err
+    check_image_size(pil.width, pil.height, max_pixels)
+    return pil
+
+
 def _decode_jpeg_torchvision(data: bytes, grey: bool) -> torch.Tensor | None:
     """Decode JPEG bytes with torchvision (libjpeg-turbo) to (1, C, H, W) uint8; None if unavailable or failed.
 
@@ -592,13 +636,7 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
 
     def _check_size(self, width: int, height: int) -> None:
         """Zero-size and pixel-budget checks, from the declared size, before any decoding."""
-        if width < 1 or height < 1:
-            raise ValueError(f"image has zero size: {width}x{height}")
-        if self.max_pixels is not None and width * height > self.max_pixels:
-            raise ValueError(
-                f"image is {width}x{height} = {width * height:,} pixels, over the pixel budget "
-                f"(max_pixels={self.max_pixels:,}); refused before decoding"
-            )
+        check_image_size(width, height, self.max_pixels)
 
     def _open(self, image: Any) -> _Opened:
         """Identify the input and read its size and orientation; encoded inputs are not decoded yet."""
@@ -629,24 +667,8 @@ class InfiMMHDImageProcessor(BaseImageProcessor):
         return _Opened(pixels.shape[-1], pixels.shape[-2], 1, pixels=pixels)
 
     def _open_bytes(self, data: bytes) -> _Opened:
-        """Parse the header of encoded bytes, mapping every PIL failure (and decompression bombs) to ValueError."""
-        if not data:
-            raise ValueError("image data is empty (0 bytes)")
-        try:
-            with warnings.catch_warnings():
-                # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that; both mean "refuse".
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                pil = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(
-                f"image refused before decoding: over the pixel budget (PIL's Image.MAX_IMAGE_PIXELS="
-                f"{Image.MAX_IMAGE_PIXELS}, max_pixels={self.max_pixels}): {err}"
-            ) from err
-        except UnidentifiedImageError as err:
-            raise ValueError(f"cannot identify an image format in {len(data)} bytes (not an image or corrupt)") from err
-        except Exception as err:  # noqa: BLE001 - PIL raises many exception types on malformed headers
-            raise ValueError(f"cannot read the image header ({len(data)} bytes): {type(err).__name__}: {err}") from err
-        self._check_size(pil.width, pil.height)
+        """Parse the header of encoded bytes (`open_image_header`); nothing is decoded yet."""
+        pil = open_image_header(data, self.max_pixels)
         orientation = _exif_orientation(pil)
         width, height = _oriented_size(pil.size, orientation)
         return _Opened(width, height, orientation, pil=pil, data=data, owned=True)
@@ -875,13 +897,15 @@ def _flatten(images: Any) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _image_errors(index: int | None) -> Iterator[None]:
-    """Prefix a ValueError raised inside with the index of the image it is about ("image 3: ...")."""
+    """Prefix a ValueError raised inside with the index of the image it is about ("image 3: ..."); an
+    `ImageTooLargeError` stays one, so callers can tell "too large" from "not an image"."""
     try:
         yield
     except ValueError as err:
         if index is None:
             raise
-        raise ValueError(f"image {index}: {err}") from err
+        kind = ImageTooLargeError if isinstance(err, ImageTooLargeError) else ValueError
+        raise kind(f"image {index}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------------------

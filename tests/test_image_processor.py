@@ -36,9 +36,11 @@ from infimm_hd.image_processing import (
     CLIP_MEAN,
     CLIP_STD,
     DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
     InfiMMHDImageProcessor,
     load_image,
     normalize,
+    open_image_header,
     process_images,
 )
 
@@ -486,13 +488,26 @@ def test_decompression_bomb_is_refused_before_decoding(proc):
     filters = list(warnings.filters)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     start = time.perf_counter()
-    with pytest.raises(ValueError, match="pixel budget"):
+    with pytest.raises(ImageTooLargeError, match="image 0: .*pixel budget"):
         proc.process(bomb)
-    with pytest.raises(ValueError, match="pixel budget"):
+    with pytest.raises(ImageTooLargeError, match="pixel budget"):
         InfiMMHDImageProcessor(max_pixels=None).process(bomb)  # PIL's own limit still applies
+    with pytest.raises(ImageTooLargeError, match="PIL's Image.MAX_IMAGE_PIXELS"):
+        open_image_header(bomb, max_pixels=None)  # the header check the server uses
     assert time.perf_counter() - start < 1.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200 * 1024  # not 2.7 GB of pixels
     assert warnings.filters == filters  # no global warning filter left behind
+
+
+def test_header_check_tells_too_large_from_not_an_image():
+    data = encode(photo("coffee", (640, 480)), "JPEG")
+    assert open_image_header(data, max_pixels=640 * 480).size == (640, 480)  # exactly at the budget: accepted
+    with pytest.raises(ImageTooLargeError, match=r"640x480 = 307,200 pixels, over the pixel budget"):
+        open_image_header(data, max_pixels=640 * 480 - 1)
+    for bad, message in ((b"", "empty"), (b"not an image at all", "cannot identify"), (data[:30], "header")):
+        with pytest.raises(ValueError, match=message) as info:
+            open_image_header(bad)
+        assert not isinstance(info.value, ImageTooLargeError)
 
 
 def test_pixel_budget(proc):

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from PIL import Image, UnidentifiedImageError
+from ..image_processing import ImageTooLargeError, open_image_header
 
 
 class ImageRequestError(ValueError):
@@ -102,25 +100,13 @@ def load_image_url(url: str, local_root: Path | None, max_bytes: int) -> bytes:
 def check_image_header(data: bytes, max_pixels: int) -> tuple[int, int]:
     """Read the format and size from the header only; refuse non-images and images over `max_pixels`.
 
-    Returns (width, height). PIL's own decompression-bomb guard (warning or error) counts as over the limit.
+    Returns (width, height). The image processor's own header check (`open_image_header`), so the server refuses
+    exactly what the processor would; PIL's decompression-bomb guard counts as over the limit.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageRequestError(f"image refused before decoding: {err}", code="image_too_large") from err
-    except UnidentifiedImageError as err:
-        raise ImageRequestError(
-            f"the {len(data):,} bytes are not an image in a known format (or are corrupt)", code="invalid_image"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - PIL raises many exception types on malformed headers
-        raise ImageRequestError(f"cannot read the image header: {type(err).__name__}: {err}") from err
-    if width * height > max_pixels:
-        raise ImageRequestError(
-            f"image is {width}x{height} = {width * height:,} pixels, over the server's limit of {max_pixels:,}; "
-            "refused before decoding (downscale it)",
-            code="image_too_large",
-        )
-    return width, height
+        image = open_image_header(data, max_pixels)
+    except ImageTooLargeError as err:
+        raise ImageRequestError(f"{err} (downscale it)", code="image_too_large") from err
+    except ValueError as err:
+        raise ImageRequestError(str(err), code="invalid_image") from err
+    return image.size
