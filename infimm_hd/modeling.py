@@ -196,15 +196,21 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
     def encode_media(
         self,
         input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None,
         image_grids: torch.Tensor,
         image_sample_index: torch.Tensor | None = None,
         cache_kv: bool = False,
+        vision_tokens: torch.Tensor | None = None,
     ) -> CrossAttentionContext:
         """Run the vision tower once and pack the crop tokens into per-prompt keys.
 
-        Every consistency check runs before any compute, so a bad batch fails fast with a message that says what to fix.
+        ``vision_tokens`` (N, L, Dv): the tower's output for these crops, computed earlier (a server's cache of
+        images it has seen); then the tower is not run and ``pixel_values`` must be None. Every consistency check
+        runs before any compute, so a bad batch fails fast with a message that says what to fix.
         """
+        if (pixel_values is None) == (vision_tokens is None):
+            raise ValueError("pass exactly one of pixel_values and vision_tokens")
+        crops = pixel_values if pixel_values is not None else vision_tokens
         image_token_id = self.config.image_token_id
         images_per_prompt = (input_ids == image_token_id).sum(dim=-1)  # (B,)
         image_grids = torch.as_tensor(image_grids, dtype=torch.long, device=images_per_prompt.device).reshape(-1, 2)
@@ -234,13 +240,14 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
                 "(config.max_windows_train / max_windows_inference); plan tiles with a smaller budget"
             )
         num_crops = int(crops_per_image(image_grids).sum())
-        if pixel_values.shape[0] != num_crops:
+        if crops.shape[0] != num_crops:
+            name = "pixel_values" if pixel_values is not None else "vision_tokens"
             raise ValueError(
-                f"pixel_values holds {pixel_values.shape[0]} crops but the image grids {image_grids.tolist()} need "
+                f"{name} holds {crops.shape[0]} crops but the image grids {image_grids.tolist()} need "
                 f"{num_crops} (one thumbnail + rows*cols windows per image)"
             )
 
-        tokens = self.vision_tower(pixel_values)  # (N, L, Dv)
+        tokens = self.vision_tower(pixel_values) if vision_tokens is None else vision_tokens  # (N, L, Dv)
         tokens = add_window_positions(tokens, image_grids)
         media, key_media_index = pack_media(tokens, image_grids, images_per_prompt)
         return CrossAttentionContext(

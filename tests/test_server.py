@@ -268,6 +268,24 @@ def test_text_only_and_multi_turn_requests_are_answered(served, images):
     assert r.json()["choices"][0]["message"]["content"] == processor.decode(new, clean_up_tokenization_spaces=False)
 
 
+def test_a_resent_image_is_answered_the_same_without_the_vision_tower(served, images):
+    server, model, processor = served
+    picture = Image.new("RGB", (90, 70), (17, 130, 201))  # sent by no other test
+    url = data_url(png_bytes(picture))
+    expected = reference(model, processor, "What colour is this?", [picture], 16)["text"]
+    before = httpx.get(server.base + "/health").json()["vision_cache"]
+    answers = []
+    for question in ("What colour is this?", "What colour is this?"):
+        body = {"model": MODEL_NAME, "messages": user(question, url), "max_tokens": 16}
+        reply = httpx.post(server.base + "/v1/chat/completions", json=body, headers=headers(), timeout=120)
+        assert reply.status_code == 200, reply.text
+        answers.append(reply.json()["choices"][0]["message"]["content"])
+    after = httpx.get(server.base + "/health").json()["vision_cache"]
+    assert answers == [expected, expected]
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
+    assert after["images"] >= 1 and after["bytes"] > 0
+
+
 def test_sampled_requests_are_answered_within_max_tokens(served, images):
     server, _, _ = served
     body = {"messages": user("Hi", data_url(png_bytes(images["red"]))), "max_tokens": 6, "temperature": 0.9}

@@ -186,6 +186,14 @@ def create_app(
             "queued": batcher.queue_depth,
             "batches_run": batcher.batches_run,
             "rows_run": batcher.rows_run,
+            "vision_cache": None
+            if batcher.vision_cache is None
+            else {
+                "images": len(batcher.vision_cache),
+                "bytes": batcher.vision_cache.cached_bytes,
+                "hits": batcher.vision_cache.hits,
+                "misses": batcher.vision_cache.misses,
+            },
         }
 
     def model_card() -> dict[str, Any]:

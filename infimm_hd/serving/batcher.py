@@ -26,6 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 
 # The Python API's decoding settings, so the server's answers equal `answer`'s and streams never rewrite sent text.
 from ..inference.generation import DECODE_KWARGS
+from .vision_cache import VisionTokenCache
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,15 @@ class BatchConfig:
 
     max_batch_size: int = 8
     batch_wait_ms: float = 5.0
+    vision_cache_mb: float = 512.0  # vision-tower outputs of recent images (`vision_cache`); 0 turns it off
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.vision_cache_mb < 0:
+            raise ValueError(f"vision_cache_mb must be >= 0, got {self.vision_cache_mb}")
 
 
 @dataclass
@@ -54,6 +58,7 @@ class PreparedRequest:
     max_new_tokens: int
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
+    image_keys: tuple[str, ...] = ()  # `vision_cache.image_key` of each image's bytes; empty: not cacheable
 
     @property
     def sampling_key(self) -> tuple:
@@ -232,6 +237,8 @@ class RequestBatcher:
         self.stop_ids = set([] if eos is None else [eos] if isinstance(eos, int) else eos)
         self.batches_run = 0
         self.rows_run = 0
+        mb = config.vision_cache_mb
+        self.vision_cache = VisionTokenCache(int(mb * (1 << 20))) if mb > 0 else None
         self._queue: asyncio.Queue[Job] | None = None
         self._held: deque[Job] = deque()  # collected but not compatible with the batch being formed
         self._task: asyncio.Task | None = None
@@ -313,6 +320,22 @@ class RequestBatcher:
             batch = collate(requests, self.processor.tokenizer.pad_token_id)
             device = self.model.device
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            keys = [key for r in requests for key in r.image_keys]
+            if self.vision_cache is not None and "pixel_values" in batch and len(keys) == len(batch["image_grids"]):
+                tokens = self.vision_cache.tokens(self.model, keys, batch["pixel_values"], batch["image_grids"])
+                context = self.model.encode_media(
+                    batch["input_ids"],
+                    None,
+                    batch["image_grids"],
+                    batch["image_sample_index"],
+                    cache_kv=True,
+                    vision_tokens=tokens,
+                )  # the same context generate(pixel_values=...) builds, with the tower run only for new images
+                batch = {
+                    "input_ids": batch["input_ids"],
+                    "attention_mask": batch["attention_mask"],
+                    "cross_attention_context": context,
+                }
             first = requests[0]
             sampling = {"do_sample": False}
             if first.temperature > 0:

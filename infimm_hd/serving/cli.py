@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = p.add_argument_group("batching")
     b.add_argument("--max-batch-size", type=int, default=BatchConfig().max_batch_size, help="1 = one at a time")
     b.add_argument("--batch-wait-ms", type=float, default=BatchConfig().batch_wait_ms)
+    b.add_argument(
+        "--vision-cache-mb",
+        type=float,
+        default=BatchConfig().vision_cache_mb,
+        help="vision-tower outputs of recent images, so a resent image skips the ViT (0: off)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -86,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             request_timeout_s=args.request_timeout,
             max_pending=args.max_pending,
         )
-        batching = BatchConfig(max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms)
+        batching = BatchConfig(
+            max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, vision_cache_mb=args.vision_cache_mb
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

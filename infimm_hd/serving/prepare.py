@@ -16,6 +16,7 @@ from .batcher import PreparedRequest
 from .images import ImageRequestError, check_image_header, load_image_url
 from .limits import ServerLimits
 from .schemas import ChatCompletionRequest, ImagePart
+from .vision_cache import image_key
 
 
 class RequestError(ValueError):
@@ -121,4 +122,5 @@ def prepare(
         max_new_tokens=max_tokens,
         temperature=request.temperature or 0.0,
         top_p=1.0 if request.top_p is None else request.top_p,
+        image_keys=tuple(image_key(data) for data in images),
     )
