@@ -35,6 +35,7 @@ import time
 import torch
 from bench_mfu_stage4 import CPU_SDPA, model_flops
 from common import (
+    VIT_L14,
     BackgroundLoad,
     Scale,
     StepClock,
@@ -47,8 +48,8 @@ from common import (
     num_params,
     result_line,
     spread,
+    timed_generate,
 )
-from transformers import LogitsProcessorList
 
 from infimm_hd.objectives import SFTObjective
 from infimm_hd.training.optim import build_optimizer
@@ -71,10 +72,7 @@ FULL = Scale(
     vocab=49152,
     xattn_heads=12,
     xattn_head_dim=64,
-    vision_width=1024,
-    vision_heads=16,
-    vision_depth=24,
-    patch_size=14,
+    **VIT_L14,
 )
 QUICK = Scale(
     hidden=128,
@@ -215,21 +213,6 @@ class SyncedClock(StepClock):
         return super().__call__(input_ids, scores)
 
 
-def decode_seconds_per_token(model, device: torch.device, new_tokens: int, **inputs) -> float:
-    clock = SyncedClock(device)
-    model.generate(
-        **inputs,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        use_cache=True,
-        logits_processor=LogitsProcessorList([clock]),
-    )
-    if len(clock.stamps) != new_tokens:
-        raise RuntimeError(f"expected {new_tokens} generation steps, timed {len(clock.stamps)}")
-    return clock.per_token()
-
-
 def train_part(model, scale: Scale, device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
     """Stage-4 step timing and FLOPs; returns (model FLOPs per step, median seconds per step)."""
     apply_trainable(model, STAGE4)
@@ -294,10 +277,10 @@ def decode_part(model, scale: Scale, device: torch.device, args: argparse.Namesp
     grids = {n: torch.tensor([grid], device=device) for n, grid in crops.items()}
 
     def run(n: int) -> float:
-        return decode_seconds_per_token(
-            model,
-            device,
+        return timed_generate(
+            model.generate,
             args.new_tokens,
+            clock=SyncedClock(device),
             input_ids=input_ids,
             attention_mask=attention_mask,
             pixel_values=pixels[n],

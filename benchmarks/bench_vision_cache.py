@@ -24,14 +24,12 @@ import time
 
 import numpy as np
 import torch
-from common import BackgroundLoad, Scale, build_infimm, interleaved, machine_line, median, result_line, spread
+from common import VIT_L14, BackgroundLoad, Scale, build_infimm, interleaved, machine_line, median, result_line, spread
 from PIL import Image
 
 from infimm_hd.image_processing import InfiMMHDImageProcessor
 from infimm_hd.serving.batcher import BatchConfig, Finished, Job, PreparedRequest, RequestBatcher
 from infimm_hd.serving.vision_cache import image_key
-
-VIT_L = dict(vision_width=1024, vision_heads=16, vision_depth=24, patch_size=14)
 
 
 class _Processor:
@@ -63,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 5)
     torch.set_num_threads(args.threads)
-    scale = dataclasses.replace(Scale(), **VIT_L)
+    scale = dataclasses.replace(Scale(), **VIT_L14)
     if args.quick:
         scale = dataclasses.replace(scale, vision_depth=4)
     model, tokenizer = build_infimm(scale, torch.bfloat16, vision_depth=scale.vision_depth)

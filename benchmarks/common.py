@@ -65,6 +65,9 @@ def proportional_vocab(hidden: int, layers: int, intermediate: int, multiple: in
     return max(multiple, int(round(vocab / multiple)) * multiple)
 
 
+VIT_L14 = dict(vision_width=1024, vision_heads=16, vision_depth=24, patch_size=14)  # `Scale` fields of a ViT-L/14
+
+
 @dataclass(frozen=True)
 class Scale:
     """The CPU-sized model: paper proportions at hidden 1024 (see the module docstring for the rule)."""
@@ -332,9 +335,14 @@ class StepClock(LogitsProcessor):
         return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
 
 
-def timed_generate(generate: Callable[..., torch.Tensor], new_tokens: int, **kwargs) -> float:
-    """Greedy `generate(...)` of exactly `new_tokens` tokens with a KV cache; returns seconds per decode step."""
-    clock = StepClock()
+def timed_generate(
+    generate: Callable[..., torch.Tensor], new_tokens: int, clock: StepClock | None = None, **kwargs
+) -> float:
+    """Greedy `generate(...)` of exactly `new_tokens` tokens with a KV cache; returns seconds per decode step.
+
+    `clock`: a `StepClock` (subclass) to stamp the steps, e.g. one that synchronises a GPU first; a fresh one if None.
+    """
+    clock = StepClock() if clock is None else clock
     out = generate(
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,

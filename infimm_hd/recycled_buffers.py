@@ -30,7 +30,7 @@ import torch
 
 __all__ = ["DEFAULT_MAX_BYTES", "OUTPUT_BUFFERS", "RecycledBuffers"]
 
-MIN_BYTES = 2 << 20  # smaller requests use torch.empty: malloc keeps small blocks warm, and one 2 MB huge page
+MIN_BYTES = 2 << 20  # below one 2 MB huge page requests use torch.empty: malloc keeps blocks that small warm
 # The pool retains at most this many bytes of mappings; a worker's outputs alive at once beyond it are fresh memory.
 DEFAULT_MAX_BYTES = int(os.environ.get("INFIMM_HD_RECYCLED_BUFFER_BYTES", 256 << 20))
 _ROUND = 2 << 20  # capacities are whole 2 MB units, so outputs of nearby sizes share buffers
@@ -66,7 +66,7 @@ class RecycledBuffers:
     def retained_bytes(self) -> int:
         """Bytes of mappings the pool holds, in use or free."""
         with self._lock:
-            return sum(b.capacity for b in self._buffers)
+            return self._retained()
 
     def clear(self) -> None:
         """Drop every retained mapping (those still in use live on until their tensors are gone)."""
@@ -98,7 +98,7 @@ class RecycledBuffers:
         if hasattr(mmap, "MADV_HUGEPAGE"):
             with contextlib.suppress(OSError):  # 2 MB pages for this mapping where the kernel offers them
                 buffer.mapping.madvise(mmap.MADV_HUGEPAGE)
-        retained = sum(b.capacity for b in self._buffers)
+        retained = self._retained()
         for free in sorted((b for b in self._buffers if _unused(b)), key=lambda b: b.capacity):
             if retained + capacity <= self.max_bytes:
                 break
@@ -107,6 +107,9 @@ class RecycledBuffers:
         if retained + capacity <= self.max_bytes:
             self._buffers.append(buffer)
         return buffer
+
+    def _retained(self) -> int:
+        return sum(b.capacity for b in self._buffers)
 
     def _forget(self) -> None:
         """After fork, in the child: start empty (no lock is held across fork by a single-threaded child)."""
