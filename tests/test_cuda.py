@@ -24,7 +24,7 @@ import os
 
 # PyTorch reads CUBLAS_WORKSPACE_CONFIG once, at the first cuBLAS call of the process (a static in
 # `at::Context::alertCuBLASConfigNotDeterministic`), so the `deterministic=True` training run below would raise if
-# only `training.loop.set_determinism` set it, after the earlier tests' matmuls: set it before any CUDA work.
+# only `training.loop.determinism` set it, after the earlier tests' matmuls: set it before any CUDA work.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest  # noqa: E402
@@ -67,14 +67,6 @@ def ieee_float32():
     torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@pytest.fixture(autouse=True)
-def restore_determinism():
-    """`train(deterministic=True)` switches deterministic algorithms on for the whole process: switch it back."""
-    saved = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(saved)
 
 
 def to(device: torch.device | str, batch: dict) -> dict:

@@ -34,13 +34,10 @@ STAGE1 = TrainableSpec(cross_attention=True)
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    """Each run builds its own Accelerator; accelerate keeps process-wide state, so reset it (and the determinism
-    switch `train` sets) between tests."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    """Each run builds its own Accelerator; accelerate keeps process-wide state, so reset it between tests."""
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    torch.use_deterministic_algorithms(deterministic)
 
 
 def stage1_model(seed: int = 0):
@@ -314,6 +311,42 @@ def test_a_fresh_run_refuses_a_used_output_dir(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
+class DeterminismProbe(SFTObjective):
+    """SFT that records, per micro-batch, whether deterministic algorithms were switched on."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def loss(self, model, batch, step) -> ObjectiveOutput:
+        self.seen.append(torch.are_deterministic_algorithms_enabled())
+        return super().loss(model, batch, step)
+
+
+def test_deterministic_mode_lasts_only_while_train_runs(tmp_path):
+    model, _ = stage1_model()
+    image_token = model.config.image_token_id
+    assert not torch.are_deterministic_algorithms_enabled()
+    probe = DeterminismProbe()
+    train(model, StandInBatches(image_token), probe, run_config(tmp_path / "a", max_steps=1))
+    assert probe.seen == [True, True], "deterministic=True must hold for every micro-batch"
+    assert not torch.are_deterministic_algorithms_enabled(), "a finished run must not leave the process deterministic"
+
+    # A crash restores it too.
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(model, StandInBatches(image_token, fail_at=1), probe, run_config(tmp_path / "b", max_steps=1))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+    # deterministic=False leaves the caller's own setting (here on, warn-only) as it was, during and after.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        probe = DeterminismProbe()
+        train(model, StandInBatches(image_token), probe, run_config(tmp_path / "c", max_steps=1, deterministic=False))
+        assert probe.seen == [True, True]
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_lr_scales_give_a_component_its_own_rate_through_the_schedule():
     model, _ = infimm_hd.build_model("tiny")
     apply_trainable(model, TrainableSpec(cross_attention=True, vision_tower=True))

@@ -32,10 +32,11 @@ class TrainConfig:
     resume: "auto" (the latest checkpoint in output_dir, if any), a checkpoint folder, or None (fresh; refuses an
         output_dir that already holds checkpoints).
     final_trained_only: write `final/` with `save_pretrained(trained_only=True)` (trainable tensors + base manifest).
-    deterministic: `torch.use_deterministic_algorithms(True)`, for bit-exact resume tests. It stays on for the rest
-        of the process. On CUDA, `train` sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` if unset, but PyTorch reads it at
-        the process's first cuBLAS call: a process that ran CUDA matmuls before `train` must set it in the
-        environment beforehand, or PyTorch's first deterministic matmul raises (naming the variable).
+    deterministic: `torch.use_deterministic_algorithms(True)` while `train` runs, for bit-exact resume tests (the
+        previous setting is restored when it returns or raises; False leaves a caller's own setting alone). On
+        CUDA, `train` sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` if unset, but PyTorch reads it at the process's first
+        cuBLAS call: a process that ran CUDA matmuls before `train` must set it in the environment beforehand, or
+        PyTorch's first deterministic matmul raises (naming the variable).
     """
 
     output_dir: str | Path

@@ -115,14 +115,31 @@ def activate_fsdp_on_cpu(accelerator: Accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
-def set_determinism(seed: int, deterministic: bool) -> None:
-    """Seed python / numpy / torch (per rank: seed + rank) and, for bit-exact tests, forbid nondeterministic kernels."""
+@contextlib.contextmanager
+def determinism(seed: int, deterministic: bool) -> Iterator[None]:
+    """Seed python / numpy / torch (per rank: seed + rank) and, while the block runs, forbid nondeterministic kernels
+    when `deterministic` (for bit-exact resume tests).
+
+    Why a context: the switches are process-wide, and a notebook or test session that trains twice would otherwise
+    keep the first run's deterministic kernels (and cuDNN autotuning off) for everything after it. On exit they are
+    restored as they were; ``deterministic=False`` leaves a caller's own setting alone rather than switching it off.
+    """
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     set_seed(seed, device_specific=True)
     if deterministic:
         if torch.cuda.is_available():
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -267,124 +284,125 @@ def train(
         stale = ckpt.remove_partial(output_dir)
     accelerator.wait_for_everyone()
     resume_from = ckpt.resolve_resume(config.resume, output_dir)
-    set_determinism(config.seed, config.deterministic)
-    run = {
-        "world_size": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type),
-        "device": str(accelerator.device),
-        "objective": type(objective).__name__,
-        "resume_from": str(resume_from) if resume_from else None,
-    }
-    resolved = resolved_config(config, run=run, **(extra_config or {}))
-    table = trainable_table(model)
-
-    # Trainable weights go into the plain model before prepare() shards or wraps it.
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    # Objectives whose state depends on the starting weights (the RLHF reference) see them before a resume loads others.
-    if hasattr(objective, "setup"):
-        objective.setup(model)
-    if resume_from is not None:
-        ckpt.load_trainable(model, resume_from)
-    model.train()
-    optimizer = build_optimizer(
-        model, config.learning_rate, config.weight_decay, config.betas, config.eps, config.lr_scales
-    )
-    # Not prepared: accelerate's scheduler wrapper steps once per process, which would stretch the schedule.
-    scheduler = build_scheduler(
-        optimizer, config.warmup_steps, config.max_steps, config.learning_rate, config.min_learning_rate
-    )
-    prepared, optimizer = accelerator.prepare(model, optimizer)
-    allow_rank_dependent_unused_parameters(prepared)
-    raw_model, raw_optimizer = accelerator.unwrap_model(prepared), optimizer.optimizer
-    owned = objective.trainable_module() if hasattr(objective, "trainable_module") else None
-    extra = ObjectiveModule(owned, config, accelerator.device) if owned is not None else None
-    state = ckpt.TrainerState(world_size=accelerator.num_processes)
-    if resume_from is not None:
-        state = ckpt.load_checkpoint(
-            resume_from,
-            accelerator=accelerator,
-            model=raw_model,
-            optimizer=raw_optimizer,
-            scheduler=scheduler,
-            batches=batches,
-            objective=objective,
-        )
-        if extra is not None:
-            extra.load(resume_from)
-
-    log = ProgressLogger(
-        output_dir,
-        config.max_steps,
-        state.step,
-        enabled=main,
-        log_every=config.log_every,
-        tensorboard=config.tensorboard,
-        wandb=config.wandb,
-        wandb_project=config.wandb_project,
-        config=resolved,
-    )
-    if main:
-        (output_dir / "config.json").write_text(config_json(resolved))
-        log.print("resolved config:\n" + config_json(resolved) + "trainable parameters:\n" + table)
-        for folder in stale:
-            log.print(f"removed the partial checkpoint {folder} (a run was killed while writing it)")
-    if resume_from is not None:
-        log.print(f"resumed from {resume_from} at step {state.step}")
-        for change in _config_changes(resume_from, resolved) if main else []:
-            log.print(f"config changed since the checkpoint: {change}")
-        log.event("resume", from_step=state.step, checkpoint=str(resume_from))
-    else:
-        log.event("start", max_steps=config.max_steps)
-
-    params = [p for p in prepared.parameters() if p.requires_grad] + (extra.parameters() if extra else [])
-    history: list[dict[str, float]] = []
-    last = resume_from
-    while state.step < config.max_steps:
-        lr = scheduler.get_last_lr()[0] / raw_optimizer.param_groups[0].get("lr_scale", 1.0)  # the configured LR
-        totals, stats = accumulate_step(
-            prepared, objective, batches, state.step, accelerator, config.grad_accumulation, extra
-        )
-        grad_norm = _clip(accelerator, params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if extra is not None:
-            extra.step()
-        state.step += 1
-        state.samples_seen += totals.samples
-        state.tokens_seen += totals.tokens
-
-        metrics = {"loss": totals.loss, "lr": lr, "grad_norm": grad_norm} | {
-            f"objective/{k}": v for k, v in totals.metrics.items()
+    with determinism(config.seed, config.deterministic):
+        run = {
+            "world_size": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type),
+            "device": str(accelerator.device),
+            "objective": type(objective).__name__,
+            "resume_from": str(resume_from) if resume_from else None,
         }
-        if state.step % config.log_every == 0 or state.step == config.max_steps:
-            metrics |= _global_stats(accelerator, stats)
-            history.append({"step": state.step, **metrics})
-        log.step(state.step, metrics, totals.samples, totals.tokens)
+        resolved = resolved_config(config, run=run, **(extra_config or {}))
+        table = trainable_table(model)
 
-        if state.step % config.save_every == 0 or state.step == config.max_steps:
-            last = ckpt.save_checkpoint(
-                output_dir,
-                state,
+        # Trainable weights go into the plain model before prepare() shards or wraps it.
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        # Objectives whose state depends on the starting weights (the RLHF reference) see them before a resume loads
+        # others.
+        if hasattr(objective, "setup"):
+            objective.setup(model)
+        if resume_from is not None:
+            ckpt.load_trainable(model, resume_from)
+        model.train()
+        optimizer = build_optimizer(
+            model, config.learning_rate, config.weight_decay, config.betas, config.eps, config.lr_scales
+        )
+        # Not prepared: accelerate's scheduler wrapper steps once per process, which would stretch the schedule.
+        scheduler = build_scheduler(
+            optimizer, config.warmup_steps, config.max_steps, config.learning_rate, config.min_learning_rate
+        )
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+        allow_rank_dependent_unused_parameters(prepared)
+        raw_model, raw_optimizer = accelerator.unwrap_model(prepared), optimizer.optimizer
+        owned = objective.trainable_module() if hasattr(objective, "trainable_module") else None
+        extra = ObjectiveModule(owned, config, accelerator.device) if owned is not None else None
+        state = ckpt.TrainerState(world_size=accelerator.num_processes)
+        if resume_from is not None:
+            state = ckpt.load_checkpoint(
+                resume_from,
                 accelerator=accelerator,
                 model=raw_model,
                 optimizer=raw_optimizer,
                 scheduler=scheduler,
                 batches=batches,
                 objective=objective,
-                config=resolved,
-                extra_module=extra,
             )
-            if main:
-                ckpt.prune(output_dir, config.keep_last)
-            log.event("checkpoint", step=state.step, path=str(last))
-            log.flush()
+            if extra is not None:
+                extra.load(resume_from)
 
-    final = ckpt.save_final(
-        raw_model, output_dir / "final", accelerator, trained_only=config.final_trained_only, processor=processor
-    )
-    log.event("end", step=state.step, final=str(final))
-    log.print(f"done at step {state.step}: {json.dumps(history[-1]) if history else ''} -> {final}")
-    log.close()
-    return TrainResult(step=state.step, history=history, last_checkpoint=last, final_dir=final)
+        log = ProgressLogger(
+            output_dir,
+            config.max_steps,
+            state.step,
+            enabled=main,
+            log_every=config.log_every,
+            tensorboard=config.tensorboard,
+            wandb=config.wandb,
+            wandb_project=config.wandb_project,
+            config=resolved,
+        )
+        if main:
+            (output_dir / "config.json").write_text(config_json(resolved))
+            log.print("resolved config:\n" + config_json(resolved) + "trainable parameters:\n" + table)
+            for folder in stale:
+                log.print(f"removed the partial checkpoint {folder} (a run was killed while writing it)")
+        if resume_from is not None:
+            log.print(f"resumed from {resume_from} at step {state.step}")
+            for change in _config_changes(resume_from, resolved) if main else []:
+                log.print(f"config changed since the checkpoint: {change}")
+            log.event("resume", from_step=state.step, checkpoint=str(resume_from))
+        else:
+            log.event("start", max_steps=config.max_steps)
+
+        params = [p for p in prepared.parameters() if p.requires_grad] + (extra.parameters() if extra else [])
+        history: list[dict[str, float]] = []
+        last = resume_from
+        while state.step < config.max_steps:
+            lr = scheduler.get_last_lr()[0] / raw_optimizer.param_groups[0].get("lr_scale", 1.0)  # the configured LR
+            totals, stats = accumulate_step(
+                prepared, objective, batches, state.step, accelerator, config.grad_accumulation, extra
+            )
+            grad_norm = _clip(accelerator, params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if extra is not None:
+                extra.step()
+            state.step += 1
+            state.samples_seen += totals.samples
+            state.tokens_seen += totals.tokens
+
+            metrics = {"loss": totals.loss, "lr": lr, "grad_norm": grad_norm} | {
+                f"objective/{k}": v for k, v in totals.metrics.items()
+            }
+            if state.step % config.log_every == 0 or state.step == config.max_steps:
+                metrics |= _global_stats(accelerator, stats)
+                history.append({"step": state.step, **metrics})
+            log.step(state.step, metrics, totals.samples, totals.tokens)
+
+            if state.step % config.save_every == 0 or state.step == config.max_steps:
+                last = ckpt.save_checkpoint(
+                    output_dir,
+                    state,
+                    accelerator=accelerator,
+                    model=raw_model,
+                    optimizer=raw_optimizer,
+                    scheduler=scheduler,
+                    batches=batches,
+                    objective=objective,
+                    config=resolved,
+                    extra_module=extra,
+                )
+                if main:
+                    ckpt.prune(output_dir, config.keep_last)
+                log.event("checkpoint", step=state.step, path=str(last))
+                log.flush()
+
+        final = ckpt.save_final(
+            raw_model, output_dir / "final", accelerator, trained_only=config.final_trained_only, processor=processor
+        )
+        log.event("end", step=state.step, final=str(final))
+        log.print(f"done at step {state.step}: {json.dumps(history[-1]) if history else ''} -> {final}")
+        log.close()
+        return TrainResult(step=state.step, history=history, last_checkpoint=last, final_dir=final)
