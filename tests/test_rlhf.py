@@ -20,11 +20,14 @@ from safetensors.torch import load_file
 import infimm_hd
 from data_prep.synthetic import generate
 from infimm_hd.objectives import RLHFObjective, build_objective
+from infimm_hd.objectives import rlhf as rlhf_module
 from infimm_hd.objectives.rewards import CallableReward
 from infimm_hd.objectives.rl_math import logprobs_of
 from infimm_hd.objectives.rlhf import METRIC_KEYS
 from infimm_hd.objectives.rollout import Rollout, position_ids_from, prompts_from_batch, response_mask
+from infimm_hd.training import checkpoint as ckpt
 from infimm_hd.training.data import LoaderConfig, StreamingLoader
+from infimm_hd.training.progress import read_log
 from infimm_hd.training.trainable import TrainableSpec, apply_trainable
 from stages import stage4_instruction_tuning
 
@@ -216,6 +219,77 @@ def test_batched_rollout_logprobs_equal_one_unpadded_sample_at_a_time(data):
         assert torch.allclose(batched[i, :n], single, atol=1e-4), (i, batched[i, :n], single)
 
 
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_later_epochs_rescore_the_kept_rollout_against_its_sampling_weights(data, algorithm, monkeypatch):
+    model, processor = tiny_model()
+    k = 2 if algorithm == "rloo" else 1
+    # A score that differs between samples, so the advantages (and the gradients) are not all zero.
+    reward = CallableReward(lambda prompts, responses, refs: [sum(map(ord, r)) % 7 - 3.0 for r in responses], True)
+    obj = objective(processor, model, algorithm=algorithm, k=k, max_new_tokens=4, ppo_epochs=3, clip_range=0.1,
+                    reward=reward)  # fmt: skip
+    assert obj.steps_per_batch == 3
+    sampled = []
+    real_sample = rlhf_module.sample_responses
+    monkeypatch.setattr(rlhf_module, "sample_responses", lambda *a, **kw: sampled.append(1) or real_sample(*a, **kw))
+    torch.manual_seed(0)
+    first = obj.loss(model, first_batch(data, processor), 0)
+    assert first.metrics["clip_frac"] == 0.0 and first.metrics["approx_kl"] == pytest.approx(0.0, abs=1e-12)
+    kept = obj.kept[0]
+    rollout = kept.rollout
+    with torch.no_grad():
+        old_hidden = model(**rollout.model_inputs(), output_hidden_states=True).hidden_states[-1]
+    old_logp = token_logprobs(model, rollout)
+
+    perturb(model, scale=0.2)  # as the first epoch's optimizer step would, only larger: some ratios leave 1 +- 0.1
+    second = obj.loss(model, None, 1)
+    assert len(sampled) == 1 and obj.rollouts == 1, "a later epoch must not sample again"
+
+    logp, mask = token_logprobs(model, rollout), rollout.response_mask
+    assert torch.allclose(kept.old_logp, old_logp, atol=1e-5), "old log-probs are the sampling weights'"
+    rows = range(mask.shape[0])
+    if algorithm == "rloo":
+        adv = kept.advantages.tolist()  # (B,): checked by the hand computation above
+        assert any(a != 0 for a in adv)
+        rho = [math.exp(float((logp[i] - old_logp[i])[mask[i]].sum())) for i in rows]
+        expected = sum(max(-a * r, -a * min(max(r, 0.9), 1.1)) for a, r in zip(adv, rho, strict=True))
+        clipped = sum(-a * min(max(r, 0.9), 1.1) > -a * r for a, r in zip(adv, rho, strict=True)) / len(rho)
+        assert any(abs(r - 1) > 0.1 for r in rho), "the perturbation must take some ratio out of the clip range"
+    else:
+        with torch.no_grad():
+            hidden = model(**rollout.model_inputs(), output_hidden_states=True).hidden_states[-1]
+            values = obj.value_head(hidden[:, rollout.prompt_length - 1 : -1])
+            old_values = obj.value_head(old_hidden[:, rollout.prompt_length - 1 : -1])
+        expected, clipped_tokens = 0.0, 0
+        for i in rows:
+            for t in range(int(mask[i].sum())):
+                a, g = float(kept.advantages[i, t]), float(kept.returns[i, t])
+                r = math.exp(float(logp[i, t] - old_logp[i, t]))
+                expected += max(-a * r, -a * min(max(r, 0.9), 1.1))
+                clipped_tokens += -a * min(max(r, 0.9), 1.1) > -a * r
+                v, v_old = float(values[i, t]), float(old_values[i, t])
+                v_clip = min(max(v, v_old - 0.2), v_old + 0.2)
+                expected += 0.1 * 0.5 * max((v - g) ** 2, (v_clip - g) ** 2)
+        clipped = clipped_tokens / int(mask.sum())
+    assert math.isclose(second.loss_sum.item(), expected, rel_tol=1e-4, abs_tol=1e-5), (
+        second.loss_sum.item(),
+        expected,
+    )
+    assert second.metrics["clip_frac"] == pytest.approx(clipped)
+    assert algorithm == "rloo" or clipped > 0, "some token's clipped term must be the active one"
+    assert second.metrics["approx_kl"] > 0
+    for key in ("reward/mean", "kl", "kl_coef", "response_length", "eos_rate"):
+        assert second.metrics[key] == first.metrics[key], f"{key}: the rollout's own figure"
+    second.loss_sum.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+    # The next drawing step starts a new rollout; a micro-batch the sampling step did not have is a clear error.
+    obj.loss(model, first_batch(data, processor), 3)
+    assert len(sampled) == 2 and len(obj.kept) == 1 and obj.kept[0] is not kept
+    obj.loss(model, None, 4)
+    with pytest.raises(RuntimeError, match="no kept rollout for micro-batch 1"):
+        obj.loss(model, None, 4)
+
+
 def test_the_vision_tower_runs_once_per_prompt_in_a_whole_rlhf_step(data):
     model, processor = tiny_model()
     obj = objective(processor, model, algorithm="rloo", k=4, max_new_tokens=4)
@@ -261,16 +335,19 @@ def test_bad_options_are_clear_errors():
         build_objective("rlhf", run=run, reward="no-such-thing")
     with pytest.raises(ValueError, match="tokenizer"):
         build_objective("rlhf", algorithm="ppo")
+    with pytest.raises(ValueError, match="ppo_epochs must be an integer >= 1"):
+        build_objective("rlhf", run=run, algorithm="ppo", ppo_epochs=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def stage4(data: Path, init: Path, output: Path, steps: int, algorithm: str) -> Path:
+def stage4(data: Path, init: Path, output: Path, steps: int, algorithm: str, *extra: str, save_every: int = 1) -> Path:
     argv = [
         "--preset", "tiny", "--init", str(init), "--shards", str(data / "vqa" / "train-*.tar"), "--output", str(output),
         "--max-steps", str(steps), "--batch-size", "2", "--num-workers", "0", "--log-every", "1",
-        "--save-every", "1", "--deterministic", "--mixed-precision", "no", "--full-save", "--objective", "rlhf",
-        "--objective-option", f"algorithm={algorithm}", "--objective-option", "max_new_tokens=4",
+        "--save-every", str(save_every), "--deterministic", "--mixed-precision", "no", "--full-save",
+        "--objective", "rlhf", "--objective-option", f"algorithm={algorithm}", "--objective-option", "max_new_tokens=4",
         "--objective-option", "k=2", "--objective-option", "adaptive_kl=true", "--objective-option", "kl_target=0.01",
+        *extra,
     ]  # fmt: skip
     return stage4_instruction_tuning.main(argv)
 
@@ -324,3 +401,36 @@ def test_prompts_come_from_answers_in_vqa_rows_and_from_the_batch_for_prompt_row
     for row in range(2):  # both rows hold exactly the generation-ready prompt, left-padded
         kept = prompts.input_ids[row][prompts.attention_mask[row].bool()]
         assert kept.tolist() == with_prompt.tolist(), (row, tok.decode(kept))
+
+
+def test_ppo_epochs_through_the_loop_draw_data_once_per_rollout_and_resume_exactly(data, tmp_path):
+    model, processor = infimm_hd.build_model("tiny")
+    model.save_pretrained(tmp_path / "init")
+    processor.save_pretrained(tmp_path / "init")
+    epochs = ("--objective-option", "ppo_epochs=2", "--grad-accumulation", "2", "--objective-option",
+              "reward=tests.helpers.varied_reward:char_sum")  # fmt: skip
+    with pytest.raises(ValueError, match="save_every must be a multiple of 2"):
+        stage4(data, tmp_path / "init", tmp_path / "bad", 4, "ppo", *epochs, save_every=1)
+
+    straight = stage4(data, tmp_path / "init", tmp_path / "straight", 4, "ppo", *epochs, save_every=2)
+    records = [r for r in read_log(tmp_path / "straight") if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        sampling_step = r["step"] % 2 == 1
+        assert (r["objective/approx_kl"] == 0) == sampling_step, r  # ratio 1 only where the rollout was sampled
+    assert records[0]["objective/reward/mean"] == records[1]["objective/reward/mean"], "epoch 2 logs its rollout"
+    step2 = tmp_path / "straight/checkpoints/step-00000002"
+    # 2 rollouts of 2 micro-batches were drawn for 4 steps, 1 by step 2.
+    assert ckpt.read_json(step2 / "rank-00000" / "data.json")["batches"] == 2
+    assert ckpt.read_json(tmp_path / "straight/checkpoints/step-00000004/rank-00000/data.json")["batches"] == 4
+    assert json.loads((step2 / "objective.json").read_text())["rollouts"] == 2
+
+    # Killed after step 3 (mid-rollout): the run resumes from step 2 and ends where the uninterrupted one did.
+    shutil.copytree(step2, tmp_path / "resumed/checkpoints" / step2.name)
+    resumed = stage4(data, tmp_path / "init", tmp_path / "resumed", 4, "ppo", *epochs, save_every=2)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"differ after resume: {differ}"
+    resumed_records = [r for r in read_log(tmp_path / "resumed") if "loss" in r and r["step"] > 2]
+    for x, y in zip(records[2:], resumed_records, strict=True):
+        assert x["loss"] == y["loss"] and x["objective/clip_frac"] == y["objective/clip_frac"]

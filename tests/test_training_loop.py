@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import infimm_hd
 from infimm_hd import InfiMMHDForConditionalGeneration
 from infimm_hd.objectives import ObjectiveOutput, SFTObjective
+from infimm_hd.objectives.step_noise import MicroBatchCounter
 from infimm_hd.training import checkpoint as ckpt
 from infimm_hd.training.config import TrainConfig
 from infimm_hd.training.loop import accumulate_step, enable_gradient_checkpointing, train
@@ -345,6 +346,42 @@ def test_deterministic_mode_lasts_only_while_train_runs(tmp_path):
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+class TwoStepSFT(SFTObjective):
+    """SFT declaring two optimizer steps per drawn batch (as PPO epochs do), replaying its last batches."""
+
+    steps_per_batch = 2
+
+    def __init__(self) -> None:
+        self.kept: list = []  # the micro-batches of the last drawing step
+        self.received: list[bool] = []  # per call: was a batch drawn
+        self.micro = MicroBatchCounter()
+
+    def loss(self, model, batch, step) -> ObjectiveOutput:
+        self.received.append(batch is not None)
+        micro = self.micro(step)
+        if batch is None:
+            batch = self.kept[micro]
+        else:
+            self.kept = [*self.kept[:micro], batch]
+        return super().loss(model, batch, step)
+
+
+def test_a_replaying_objective_draws_every_other_step_and_refuses_a_mid_cycle_resume(tmp_path):
+    model, _ = stage1_model()
+    source, objective = StandInBatches(model.config.image_token_id), TwoStepSFT()
+    train(model, source, objective, run_config(tmp_path / "a", max_steps=4, save_every=2, deterministic=False))
+    assert objective.received == [True, True, False, False] * 2, "2 micro-batches drawn per 2 steps"
+    assert source.served == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="max_steps must be a multiple of 2"):
+        train(model, source, TwoStepSFT(), run_config(tmp_path / "b", max_steps=3, save_every=2))
+    # A checkpoint at step 1 (from a run that drew every step) is inside a cycle of the replaying objective.
+    train(model, StandInBatches(model.config.image_token_id), SFTObjective(), run_config(tmp_path / "c", max_steps=1))
+    with pytest.raises(ValueError, match="inside a cycle of 2 steps"):
+        train(
+            model, StandInBatches(model.config.image_token_id), TwoStepSFT(), run_config(tmp_path / "c", save_every=2)
+        )
 
 
 def test_lr_scales_give_a_component_its_own_rate_through_the_schedule():

@@ -36,10 +36,13 @@ class Objective(Protocol):
     """`loss(model, batch, step)`: run the model once on `batch` (a loader batch already on the device) and score it.
 
     Call the model exactly once per micro-batch: DDP and FSDP hook into that forward. `step` is the number of optimizer
-    steps done so far (for ramps). Optional: `state_dict() -> dict` (JSON-serialisable) and `load_state_dict(dict)`.
+    steps done so far (for ramps). Optional: `state_dict() -> dict` (JSON-serialisable) and `load_state_dict(dict)`;
+    `steps_per_batch: int` (default 1): each drawn micro-batch serves that many optimizer steps (PPO's epochs); on
+    the steps in between, the loop draws nothing and passes ``batch=None``, and the objective scores again what it
+    kept from the micro-batch of the same index (see `training.loop.accumulate_step`).
     """
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], step: int) -> ObjectiveOutput: ...
+    def loss(self, model: nn.Module, batch: dict[str, Any] | None, step: int) -> ObjectiveOutput: ...
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

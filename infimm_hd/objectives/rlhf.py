@@ -1,4 +1,4 @@
-"""Direct RLHF (RLOO and PPO) as an objective: rollouts, rewards, the KL to the starting model, one clipped update.
+"""Direct RLHF (RLOO and PPO) as an objective: rollouts, rewards, the KL to the starting model, clipped updates.
 
 "Direct": applied to a model that had no SFT, the reference is the starting model (`SwappedReference`: only its
 trainable tensors are kept, see `reference.py`). Per `loss()` call (one micro-batch of P prompts):
@@ -11,10 +11,14 @@ trainable tensors are kept, see `reference.py`). Per `loss()` call (one micro-ba
 6. RLOO: r_i = S_i - beta * sum_t KL_t, leave-one-out advantages, REINFORCE loss summed over sequences.
    PPO: r_t = -beta * KL_t (+ S on the last token), GAE, whitened advantages, clipped policy + vf_coef * value loss.
 
-One update per rollout: the optimizer step that follows the graded pass is the only one, so the PPO ratio is exactly 1
-(the rollout policy *is* the current one) and `clip_frac` / `approx_kl` are 0 by construction; they are logged so a
-future multi-epoch variant keeps the same keys. The clipped losses still give the right gradient at ratio 1. Several
-PPO epochs per rollout would need the rollout kept across optimizer steps (and in checkpoints, to resume exactly).
+Epochs (`ppo_epochs`, TRL's ``num_ppo_epochs``): each rollout serves that many optimizer steps. The first is the step
+that sampled it (ratio exactly 1: the rollout policy *is* the current one, so `clip_frac` and `approx_kl` are 0 there);
+each later step re-scores the kept rollout (its samples, old log-probs, old values, advantages and returns, all fixed
+at sampling time) under the updated weights, where the clipped surrogate and the clipped value loss do their work.
+The training loop draws no data on those steps (`steps_per_batch`, see `training.loop`); an epoch is one optimizer
+step over all micro-batches of the rollout (one minibatch per epoch). Kept rollouts are not checkpointed: checkpoints
+fall between rollouts (the loop requires `save_every` and `max_steps` to be multiples of `ppo_epochs`), so a resumed
+run samples exactly what the uninterrupted one sampled. With RLOO, later epochs use TRL's sequence-level ratio.
 
 The maths is `rl_math` (tested against hand computations and TRL); this file only wires it to the model.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +63,23 @@ METRIC_KEYS = (
     "policy_loss",  # mean per count unit of this micro-batch
     "value_loss",
 )
+
+
+@dataclass
+class KeptRollout:
+    """What the later epochs of a rollout re-score, fixed when it was sampled (one micro-batch).
+
+    old_logp (B, R): log pi of the responses under the sampling weights. advantages: (B, R) for PPO, (B,) for RLOO.
+    old_values, returns (B, R): PPO only (None for RLOO). metrics: the rollout's own figures (rewards, KL to the
+    reference, lengths, the KL coefficient it used), logged again with each epoch.
+    """
+
+    rollout: Rollout
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    old_values: torch.Tensor | None
+    returns: torch.Tensor | None
+    metrics: dict[str, float]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -102,6 +124,8 @@ class RLHFObjective:
     missing_eos_penalty: subtracted from the score of responses that hit the length cap (None = none).
     normalize_rewards: None, "running" or "batch" standardisation of the scores (`NormalizedReward`).
     clip_range, clip_range_value, vf_coef, gamma, lam, whiten_advantages: PPO (TRL's defaults).
+    ppo_epochs: optimizer steps per rollout (module docstring; default 1, OpenRLHF's; TRL used 4, the design notes
+        suggest 1-4). `clip_range` bounds the ratio in RLOO's later epochs too.
     reference_offload: keep the reference snapshot on the CPU (copied to the device for each reference pass).
     tokenizer: decodes prompts and responses (the stage scripts pass the processor's).
     generation_prompt: appended to label-less ("prompt" record) rows before sampling (the house template's).
@@ -109,7 +133,8 @@ class RLHFObjective:
 
     Metrics: `METRIC_KEYS`, on every call. State (`state_dict`): the KL coefficient, the reward normaliser, the rollout
     count, as JSON. Hooks the training loop calls: `setup(model)` once, with the starting weights, and
-    `trainable_module()` (the PPO value head, trained and checkpointed beside the model).
+    `trainable_module()` (the PPO value head, trained and checkpointed beside the model); it reads `steps_per_batch`
+    (= `ppo_epochs`) and passes ``batch=None`` on the steps that re-score the kept rollout.
     """
 
     def __init__(
@@ -135,6 +160,7 @@ class RLHFObjective:
         gamma: float = 1.0,
         lam: float = 0.95,
         whiten_advantages: bool = True,
+        ppo_epochs: int = 1,
         reference_offload: bool = False,
         tokenizer=None,
         generation_prompt: str = " ASSISTANT:",
@@ -152,6 +178,8 @@ class RLHFObjective:
             raise ValueError(f"rlhf: normalize_rewards must be null, 'running' or 'batch', got {normalize_rewards!r}")
         if tokenizer is None:
             raise ValueError("rlhf needs the tokenizer (the stage scripts pass processor.tokenizer)")
+        if not isinstance(ppo_epochs, int) or isinstance(ppo_epochs, bool) or ppo_epochs < 1:
+            raise ValueError(f"rlhf: ppo_epochs must be an integer >= 1, got {ppo_epochs!r}")
         if max_new_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1:
             raise ValueError(f"rlhf: bad sampling settings {max_new_tokens=}, {temperature=}, {top_p=}")
         self.algorithm, self.k = algorithm, k
@@ -164,6 +192,8 @@ class RLHFObjective:
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.clip_range, self.clip_range_value, self.vf_coef = clip_range, clip_range_value, vf_coef
         self.gamma, self.lam, self.whiten_advantages = gamma, lam, whiten_advantages
+        self.steps_per_batch = ppo_epochs  # the training loop's name for it (see `training.loop.steps_per_batch`)
+        self.kept: list[KeptRollout] = []  # this rollout's micro-batches, in order, while later epochs remain
         self.reference_offload = reference_offload
         self.tokenizer = tokenizer
         self.generation_prompt_ids = tokenizer(generation_prompt, add_special_tokens=False)["input_ids"]
@@ -198,12 +228,13 @@ class RLHFObjective:
 
     # -- one micro-batch --------------------------------------------------------------------------------------------
     def rollout(
-        self, model: nn.Module, batch: dict[str, Any], step: int = 0
+        self, model: nn.Module, batch: dict[str, Any], step: int = 0, micro: int | None = None
     ) -> tuple[Rollout, list[str], list[str | None], list[str]]:
         """Prompts of `batch` -> k sampled responses each (vision context computed once): (rollout, prompt texts,
         references, response texts), the lists per response (B,). The samples depend only on (seed, step, rank,
-        micro-batch of the step), so a resumed run draws what the uninterrupted one drew."""
-        micro = self._micro(step)
+        micro-batch of the step), so a resumed run draws what the uninterrupted one drew. `micro`: the micro-batch's
+        index in the step, when the caller has counted it already."""
+        micro = self._micro(step) if micro is None else micro
         raw = unwrap(model)
         prompts = prompts_from_batch(batch, self.tokenizer, self.generation_prompt_ids)
         context = None
@@ -260,8 +291,14 @@ class RLHFObjective:
             raw.train(was_training)
         return rl_math.logprobs_of(logits, rollout.response, self.temperature)
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], step: int) -> ObjectiveOutput:
-        rollout, prompt_texts, references, responses = self.rollout(model, batch, step)
+    def loss(self, model: nn.Module, batch: dict[str, Any] | None, step: int) -> ObjectiveOutput:
+        """A new rollout from `batch`, or (``batch=None``, a later epoch) the kept rollout of this micro-batch."""
+        micro = self._micro(step)
+        if batch is None:
+            return self.loss_on_kept(model, micro)
+        if micro == 0:
+            self.kept.clear()  # a new rollout begins: the previous one has had all its epochs
+        rollout, prompt_texts, references, responses = self.rollout(model, batch, step, micro)
         return self.loss_on_rollout(model, rollout, prompt_texts, references, responses)
 
     def loss_on_rollout(
@@ -281,53 +318,99 @@ class RLHFObjective:
         scores = scores.to(mask.device)
         ref_logp = self.reference_logprobs(model, rollout)  # (B, R)
 
-        # The graded pass: the one call of the (possibly wrapped) model, where DDP / FSDP hook in.
-        out = model(**rollout.model_inputs(), output_hidden_states=self.algorithm == "ppo")
-        logits = out.logits[:, :-1]  # (B, R, V): position Lp - 1 + t predicts response token t
-        logp = rl_math.logprobs_of(logits, rollout.response, self.temperature)  # (B, R)
+        logp, entropy, values = self._graded_pass(model, rollout)
         with torch.no_grad():
-            entropy = rl_math.entropy_from_logits(logits.detach(), self.temperature)
             kl = rl_math.kl_per_token(logp.detach(), ref_logp, self.kl_estimator)  # (B, R)
             seq_kl = rl_math.masked_sum(kl, mask, dim=1)  # (B,)
         beta = self.kl_controller.value
+        returns = None
         if self.algorithm == "rloo":
             rewards = rl_math.kl_penalized_scores(scores, kl, mask, beta)  # (B,)
             advantages = rl_math.rloo_advantages(rewards, self.k)
-            policy = rl_math.rloo_policy_loss(logp, advantages, mask)
-            loss_sum, count, value_loss = policy.loss_sum, policy.count, 0.0
-            clip_frac, approx_kl = 0.0, 0.0  # on-policy REINFORCE: the ratio is 1
         else:
-            hidden = out.hidden_states[-1][:, rollout.prompt_length - 1 : -1]  # (B, R, D): the state before token t
-            values = self.value_head(hidden)  # (B, R)
             with torch.no_grad():
                 token_rewards = rl_math.ppo_token_rewards(scores, kl, mask, beta)
                 advantages, returns = rl_math.gae(token_rewards, values.detach(), mask, self.gamma, self.lam)
                 if self.whiten_advantages and mask.sum() > 1:
                     advantages = rl_math.masked_whiten(advantages, mask)
-            policy = rl_math.ppo_policy_loss(logp, logp.detach(), advantages, mask, self.clip_range)
-            value = rl_math.ppo_value_loss(values, values.detach(), returns, mask, self.clip_range_value)
-            loss_sum, count = policy.loss_sum + self.vf_coef * value.loss_sum, policy.count
-            value_loss = value.loss_sum.item() / max(int(count), 1)
-            clip_frac, approx_kl = policy.metrics["policy/clip_frac"], policy.metrics["policy/approx_kl"]
-
+        kept = KeptRollout(
+            rollout,
+            old_logp=logp.detach(),
+            advantages=advantages,
+            old_values=values.detach() if values is not None else None,
+            returns=returns,
+            metrics={
+                "reward/mean": scores.mean().item(),
+                "reward/std": scores.std(unbiased=False).item(),
+                "reward/raw_mean": raw_scores.mean().item(),
+                "kl": seq_kl.mean().item(),
+                "kl_coef": beta,
+                "response_length": mask.sum(1).float().mean().item(),
+                "eos_rate": rollout.finished.float().mean().item(),
+            },
+        )
+        if self.steps_per_batch > 1:
+            self.kept.append(kept)
         mean_kl = self._global_mean(seq_kl.mean())
         self.kl_controller.update(mean_kl, n_steps=len(seq_kl))
         self.rollouts += 1
-        metrics = {
-            "reward/mean": scores.mean().item(),
-            "reward/std": scores.std(unbiased=False).item(),
-            "reward/raw_mean": raw_scores.mean().item(),
-            "kl": seq_kl.mean().item(),
-            "kl_coef": beta,
-            "clip_frac": clip_frac,
+        return self._update_loss(kept, logp, entropy, values)
+
+    def loss_on_kept(self, model: nn.Module, micro: int) -> ObjectiveOutput:
+        """A later epoch: re-score kept rollout `micro` under the current weights (clipped against its old ones)."""
+        if micro >= len(self.kept):
+            raise RuntimeError(
+                f"rlhf: no kept rollout for micro-batch {micro} of this step ({len(self.kept)} kept); later epochs "
+                "re-score the micro-batches of the step that sampled them, with the same grad_accumulation"
+            )
+        kept = self.kept[micro]
+        return self._update_loss(kept, *self._graded_pass(model, kept.rollout))
+
+    def _graded_pass(
+        self, model: nn.Module, rollout: Rollout
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The one call of the (possibly wrapped) model per micro-batch, where DDP / FSDP hook in: (log pi (B, R) with
+        gradient, entropy (B, R) without, values (B, R) with gradient for PPO, else None)."""
+        out = model(**rollout.model_inputs(), output_hidden_states=self.algorithm == "ppo")
+        logits = out.logits[:, :-1]  # (B, R, V): position Lp - 1 + t predicts response token t
+        logp = rl_math.logprobs_of(logits, rollout.response, self.temperature)  # (B, R)
+        with torch.no_grad():
+            entropy = rl_math.entropy_from_logits(logits.detach(), self.temperature)
+        values = None
+        if self.algorithm == "ppo":
+            hidden = out.hidden_states[-1][:, rollout.prompt_length - 1 : -1]  # (B, R, D): the state before token t
+            values = self.value_head(hidden)  # (B, R)
+        return logp, entropy, values
+
+    def _update_loss(
+        self, kept: KeptRollout, logp: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor | None
+    ) -> ObjectiveOutput:
+        """The RLOO / PPO loss of the current log-probs (and values) against the kept rollout's; at its sampling step
+        the old ones are these very values (ratio 1), at later epochs they are the sampling weights'."""
+        mask = kept.rollout.response_mask
+        if self.algorithm == "rloo":
+            # One epoch: REINFORCE (the same gradient as the surrogate at ratio 1, and the loss the logs always
+            # showed); several: the clipped sequence-ratio surrogate at every epoch, so the logged losses compare.
+            old_logp = kept.old_logp if self.steps_per_batch > 1 else None
+            policy = rl_math.rloo_policy_loss(logp, kept.advantages, mask, old_logp, self.clip_range)
+            loss_sum, count, value_loss = policy.loss_sum, policy.count, 0.0
+            with torch.no_grad():
+                approx_kl = rl_math.masked_mean(0.5 * (logp.detach() - kept.old_logp) ** 2, mask).item()
+        else:
+            assert values is not None and kept.old_values is not None and kept.returns is not None
+            policy = rl_math.ppo_policy_loss(logp, kept.old_logp, kept.advantages, mask, self.clip_range)
+            value = rl_math.ppo_value_loss(values, kept.old_values, kept.returns, mask, self.clip_range_value)
+            loss_sum, count = policy.loss_sum + self.vf_coef * value.loss_sum, policy.count
+            value_loss = value.loss_sum.item() / max(int(count), 1)
+            approx_kl = policy.metrics["policy/approx_kl"]
+        metrics = kept.metrics | {
+            "clip_frac": policy.metrics["policy/clip_frac"],
             "approx_kl": approx_kl,
             "entropy": rl_math.masked_mean(entropy, mask).item(),
-            "response_length": mask.sum(1).float().mean().item(),
-            "eos_rate": rollout.finished.float().mean().item(),
             "policy_loss": policy.loss_sum.item() / max(int(policy.count), 1),
             "value_loss": value_loss,
         }
-        return ObjectiveOutput(loss_sum=loss_sum, num_tokens=count, metrics=metrics)
+        return ObjectiveOutput(loss_sum=loss_sum, num_tokens=count, metrics={k: metrics[k] for k in METRIC_KEYS})
 
     @staticmethod
     def _global_mean(value: torch.Tensor) -> float:

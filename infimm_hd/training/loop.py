@@ -17,6 +17,9 @@ unit of its own (every rank must run the same units: see tests/helpers/accelerat
 in a stage where only the cross-attention trains reaches nothing trainable: fine on one process, an error under
 DDP/FSDP (that rank has no backward to join).
 
+An objective may use each drawn micro-batch for several optimizer steps (`steps_per_batch`: PPO's epochs re-score a
+kept rollout); the loop then draws on every n-th step only, and checkpoints must fall between cycles (checked).
+
 Micro-batch shapes (from the batch source, see `BatchSource`):
     input_ids, attention_mask, labels (B, T); pixel_values (N, 3, S, S); image_grids (I, 2); image_sample_index (I,)
 """
@@ -173,13 +176,17 @@ def accumulate_step(
     extra: ObjectiveModule | None = None,
 ) -> tuple[StepTotals, dict[str, float]]:
     """Forward + backward `grad_accumulation` micro-batches, then scale the gradients to the mean over every label
-    token of the step on every rank. Returns the totals and this rank's last data `stats`."""
+    token of the step on every rank. Returns the totals and this rank's last data `stats` (empty on a replay step).
+
+    On a replay step (`is_replay_step`) nothing is drawn from `batches`: the objective gets ``batch=None`` and scores
+    again what it kept from the micro-batch of the same index at the last drawing step (PPO's epochs)."""
     sums: dict[str, float] = {}
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     tokens = samples = 0
     stats: dict[str, float] = {}
+    replay = is_replay_step(objective, step)
     for i in range(grad_accumulation):
-        batch = to_device(next(batches), accelerator.device)
+        batch = None if replay else to_device(next(batches), accelerator.device)
         # Only the last micro-batch synchronises gradients (DDP all-reduce / FSDP reduce-scatter).
         sync = contextlib.nullcontext() if i == grad_accumulation - 1 else accelerator.no_sync(model)
         with sync:
@@ -193,8 +200,9 @@ def accumulate_step(
             # tokens still count in the step's mean, as they count in the loss.
         loss_sum += out.loss_sum.detach().double()
         tokens += int(out.num_tokens)
-        samples += int(batch.get("num_samples", len(batch["input_ids"])))
-        stats = batch.get("stats", stats)
+        if batch is not None:
+            samples += int(batch.get("num_samples", len(batch["input_ids"])))
+            stats = batch.get("stats", stats)
         for key, value in out.metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value)
     keys = sorted(sums)
@@ -212,6 +220,36 @@ def accumulate_step(
     metrics = {k: float(total[3 + i]) / per_call for i, k in enumerate(keys)}
     loss = float(total[0]) / max(total_tokens, 1)
     return StepTotals(loss=loss, tokens=total_tokens, samples=int(total[2]), metrics=metrics), stats
+
+
+def steps_per_batch(objective: Objective) -> int:
+    """How many optimizer steps each drawn micro-batch serves: the objective's ``steps_per_batch`` (PPO's epochs per
+    rollout), 1 for objectives without one."""
+    n = getattr(objective, "steps_per_batch", 1)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"objective.steps_per_batch must be a positive integer, got {n!r}")
+    return n
+
+
+def is_replay_step(objective: Objective, step: int) -> bool:
+    """Step `step` (0-based) re-scores the micro-batches of the last drawing step instead of drawing new ones."""
+    return step % steps_per_batch(objective) != 0
+
+
+def check_replay_schedule(objective: Objective, config: TrainConfig) -> None:
+    """Checkpoints (and the final step) must fall where a drawing cycle ends: what an objective keeps between the
+    steps of a cycle (a PPO rollout: samples, old log-probs, values, advantages) is not saved, so a resume must
+    start a new cycle. Clear error otherwise, before any work."""
+    n = steps_per_batch(objective)
+    if n == 1:
+        return
+    for name in ("save_every", "max_steps"):
+        value = getattr(config, name)
+        if value % n:
+            raise ValueError(
+                f"the objective takes {n} optimizer steps per drawn batch (e.g. PPO epochs), so {name} must be a "
+                f"multiple of {n} (checkpoints are only taken between cycles); got {name}={value}"
+            )
 
 
 def allow_rank_dependent_unused_parameters(model: nn.Module) -> None:
@@ -283,6 +321,7 @@ def train(
         output_dir.mkdir(parents=True, exist_ok=True)
         stale = ckpt.remove_partial(output_dir)
     accelerator.wait_for_everyone()
+    check_replay_schedule(objective, config)
     resume_from = ckpt.resolve_resume(config.resume, output_dir)
     with determinism(config.seed, config.deterministic):
         run = {
@@ -330,6 +369,12 @@ def train(
             )
             if extra is not None:
                 extra.load(resume_from)
+            if is_replay_step(objective, state.step):
+                raise ValueError(
+                    f"{resume_from} was saved at step {state.step}, inside a cycle of {steps_per_batch(objective)} "
+                    "steps per drawn batch (e.g. PPO epochs): what the objective kept for the cycle is not in "
+                    "checkpoints; resume from a checkpoint at a multiple of that number"
+                )
 
         log = ProgressLogger(
             output_dir,
@@ -358,11 +403,13 @@ def train(
         params = [p for p in prepared.parameters() if p.requires_grad] + (extra.parameters() if extra else [])
         history: list[dict[str, float]] = []
         last = resume_from
+        stats: dict[str, float] = {}  # the data counters of the last step that drew batches
         while state.step < config.max_steps:
             lr = scheduler.get_last_lr()[0] / raw_optimizer.param_groups[0].get("lr_scale", 1.0)  # the configured LR
-            totals, stats = accumulate_step(
+            totals, step_stats = accumulate_step(
                 prepared, objective, batches, state.step, accelerator, config.grad_accumulation, extra
             )
+            stats = step_stats or stats
             grad_norm = _clip(accelerator, params, config.grad_clip)
             optimizer.step()
             scheduler.step()
