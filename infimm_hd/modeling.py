@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 from .configuration import InfiMMHDConfig
 from .cross_attention_context import CrossAttentionContext, CrossAttentionInputs
 from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from .linear_logprobs import linear_token_logprobs
 from .media_mask import cross_attention_mask, text_time
 from .media_packing import add_window_positions, crops_per_image, pack_media
 from .varlen_attention import flash_varlen_kernel, varlen_segments
@@ -53,6 +54,8 @@ class InfiMMHDCausalLMOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     cross_attention_context: CrossAttentionContext | None = None
+    token_logprobs: torch.Tensor | None = None
+    token_entropy: torch.Tensor | None = None
 
 
 def decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
@@ -274,6 +277,8 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         cross_attention_context: CrossAttentionContext | None = None,
         skip_logits: bool = False,
         loss_reduction: str = "mean",
+        logprobs_of_last: int = 0,
+        logprobs_temperature: float = 1.0,
         **kwargs,
     ) -> InfiMMHDCausalLMOutput:
         """Logits (B, T, V) and, given `labels` (B, T) with -100 on ignored tokens, the next-token loss.
@@ -287,11 +292,22 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
         which takes the (B, T, V) logits and their float32 copies (1.4 GB for 2k tokens of a 49k vocabulary) out of
         the step. `loss_reduction` is "mean" over the scored tokens (transformers' convention, also what `labels`
         alone gives) or "sum" (for a loop that normalises over a whole accumulation step).
+
+        Scoring sampled tokens (RL): `logprobs_of_last=K` returns, instead of logits, `token_logprobs` (B, K) float32
+        with gradient, the log-probs of the last K input tokens each under the prediction of the position before it
+        (of softmax(logits / `logprobs_temperature`): the distribution that was sampled), and `token_entropy` (B, K)
+        without gradient. Computed in row chunks from the hidden states (`linear_logprobs`), never holding the
+        (B, K, V) logits; other heads (see `skip_logits`) go through the LLM's own, at those K positions only.
         """
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if skip_logits and labels is None:
             raise ValueError("skip_logits=True computes the loss without logits: pass labels")
+        if logprobs_of_last:
+            if labels is not None or skip_logits:
+                raise ValueError("logprobs_of_last scores the input's own last tokens: pass no labels, no skip_logits")
+            if input_ids is None or not 0 < logprobs_of_last < input_ids.shape[1]:
+                raise ValueError(f"logprobs_of_last={logprobs_of_last} needs input_ids longer than that")
         context = cross_attention_context
         if "past_key_values" in kwargs:  # transformers' older name
             cache = kwargs.pop("past_key_values")
@@ -331,7 +347,13 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
             cross_attention=xattn,
             **kwargs,
         )
-        if skip_logits:
+        token_logprobs = token_entropy = None
+        if logprobs_of_last:
+            out, token_logprobs, token_entropy = self._token_logprobs(
+                text_inputs, input_ids[:, -logprobs_of_last:], logprobs_temperature
+            )
+            loss = None
+        elif skip_logits:
             out, loss = self._loss_without_logits(text_inputs, labels, loss_reduction)
         else:
             if labels is not None and loss_reduction == "sum":
@@ -343,12 +365,35 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
             context = context.advanced(new_media, num_cached_layers=len(self.config.cross_attention_layers))
         return InfiMMHDCausalLMOutput(
             loss=loss,
-            logits=None if skip_logits else out.logits,
+            logits=None if skip_logits or logprobs_of_last else out.logits,
             cache=getattr(out, "cache", None),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
             cross_attention_context=context,
+            token_logprobs=token_logprobs,
+            token_entropy=token_entropy,
         )
+
+    def _token_logprobs(
+        self, text_inputs: dict[str, Any], tokens: torch.Tensor, temperature: float
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(the LLM's output, log-probs (B, K), entropies (B, K)) of the last K input `tokens` (`logprobs_of_last`)."""
+        k = tokens.shape[1]
+        head = self.language_model.get_output_embeddings()
+        if self._head_is_plain_linear(head):
+            out = self.language_model.get_decoder()(**text_inputs)
+            hidden = out.last_hidden_state[:, -k - 1 : -1]  # (B, K, H): position t predicts token t + 1
+            logp, entropy = linear_token_logprobs(
+                hidden, head.weight, tokens.to(hidden.device), temperature=temperature
+            )
+            return out, logp, entropy
+        out = self.language_model(**text_inputs, logits_to_keep=k + 1)
+        logits = out.logits[:, :-1].float() / temperature  # (B, K, V)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        logp = log_probs.gather(-1, tokens.to(logits.device)[..., None]).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return out, logp, entropy
 
     def _loss_without_logits(
         self, text_inputs: dict[str, Any], labels: torch.Tensor, loss_reduction: str

@@ -37,7 +37,8 @@ from stages import stage4_instruction_tuning
 from stages.common import run_stage
 from stages.demo import BASE_LLM, write_text_shards
 
-ALGORITHMS = ("rloo", "ppo")
+# (run name, algorithm, PPO epochs): every arm samples the same number of rollouts; epochs add optimizer steps only.
+ARMS = (("rloo", "rloo", 1), ("ppo", "ppo", 1), ("ppo-epochs", "ppo", 4))
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Budget:
     images_train: int = 256
     images_heldout: int = 48
     base_steps: int = 150  # the text-only base-LLM stage
-    rl_steps: int = 80  # per algorithm
+    rl_steps: int = 80  # rollouts (= optimizer steps x PPO epochs) per arm
     prompts: int = 4  # per step
     k: int = 8  # samples per prompt (both algorithms: the same samples per step)
     learning_rate: float = 1e-3
@@ -66,25 +67,27 @@ def base_model(out: Path, budget: Budget) -> Path:
     return run_stage(BASE_LLM, argv, BASE_LLM.name)
 
 
-def rlhf(out: Path, init: Path, algorithm: str, budget: Budget) -> Path:
+def rlhf(out: Path, init: Path, name: str, algorithm: str, epochs: int, budget: Budget) -> Path:
     options = {"algorithm": algorithm, "k": budget.k, "max_new_tokens": budget.max_new_tokens,
-               "kl_coef": budget.kl_coef}  # fmt: skip
+               "kl_coef": budget.kl_coef, "ppo_epochs": epochs}  # fmt: skip
     argv = ["--preset", "tiny", "--init", str(init), "--shards", str(out / "data" / "vqa" / "train-*.tar"),
-            "--output", str(out / algorithm), "--max-steps", str(budget.rl_steps), "--batch-size",
+            "--output", str(out / name), "--max-steps", str(budget.rl_steps * epochs), "--batch-size",
             str(budget.prompts), "--learning-rate", str(budget.learning_rate), "--warmup-steps", "0",
-            "--mixed-precision", "no", "--num-workers", "0", "--save-every", "1000", "--log-every", "1",
+            "--mixed-precision", "no", "--num-workers", "0", "--save-every", str(1000 * epochs), "--log-every", "1",
             "--resume", "none", "--objective", "rlhf"]  # fmt: skip
     for key, value in options.items():
         argv += ["--objective-option", f"{key}={value}"]
     return stage4_instruction_tuning.main(argv)
 
 
-def curves(run: Path) -> dict[str, list[float]]:
+def curves(run: Path, epochs: int) -> dict[str, list[float]]:
+    """Per rollout (the steps that sampled one: with several epochs, the later steps re-log the same rollout)."""
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "objective/kl" in r]
+    rows = [r for r in rows if "objective/kl" in r and (r["step"] - 1) % epochs == 0]
     keys = {"reward": "objective/reward/raw_mean", "kl": "objective/kl", "eos_rate": "objective/eos_rate",
             "response_length": "objective/response_length", "entropy": "objective/entropy"}  # fmt: skip
-    return {"step": [r["step"] for r in rows]} | {name: [r[key] for r in rows] for name, key in keys.items()}
+    curve = {"rollout": [(r["step"] - 1) // epochs + 1 for r in rows]}
+    return curve | {name: [r[key] for r in rows] for name, key in keys.items()}
 
 
 def accuracy(folder: Path, out: Path, limit: int) -> float:
@@ -102,15 +105,15 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for algorithm in ALGORITHMS:
-        c = results[algorithm]["curve"]
+    for name, _, _ in ARMS:
+        c = results[name]["curve"]
         smooth = [sum(c["reward"][max(0, i - 4) : i + 1]) / len(c["reward"][max(0, i - 4) : i + 1])
                   for i in range(len(c["reward"]))]  # fmt: skip
-        (line,) = left.plot(c["step"], smooth, label=f"{algorithm} (5-step mean)")
-        left.plot(c["step"], c["reward"], alpha=0.25, color=line.get_color())
-        right.plot(c["step"], c["kl"], label=algorithm, color=line.get_color())
-    left.set(xlabel="step", ylabel="exact-match reward (mean per step)", title="reward")
-    right.set(xlabel="step", ylabel="KL to the reference (nats per response)", title="KL")
+        (line,) = left.plot(c["rollout"], smooth, label=f"{name} (5-rollout mean)")
+        left.plot(c["rollout"], c["reward"], alpha=0.25, color=line.get_color())
+        right.plot(c["rollout"], c["kl"], label=name, color=line.get_color())
+    left.set(xlabel="rollout", ylabel="exact-match reward (mean per rollout)", title="reward")
+    right.set(xlabel="rollout", ylabel="KL to the reference (nats per response)", title="KL")
     left.legend()
     right.legend()
     fig.tight_layout()
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/rlhf-miniature"))
     parser.add_argument("--quick", action="store_true", help="a smoke run (minutes -> a minute)")
     parser.add_argument("--learning-rate", type=float, help=f"RL stage peak LR (default {Budget.learning_rate})")
-    parser.add_argument("--rl-steps", type=int, help=f"RL steps per algorithm (default {Budget.rl_steps})")
+    parser.add_argument("--rl-steps", type=int, help=f"rollouts per arm (default {Budget.rl_steps})")
     parser.add_argument("--k", type=int, help=f"samples per prompt (default {Budget.k})")
     parser.add_argument("--kl-coef", type=float, help=f"KL penalty (default {Budget.kl_coef})")
     parser.add_argument("--max-new-tokens", type=int, help=f"rollout length (default {Budget.max_new_tokens})")
@@ -139,12 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
              workers=1)  # fmt: skip
     base = base_model(out, budget)
     results: dict = {"budget": budget.__dict__, "base_accuracy": accuracy(base, out, budget.images_heldout)}
-    for algorithm in ALGORITHMS:
+    for name, algorithm, epochs in ARMS:
         t0 = time.perf_counter()
-        final = rlhf(out, base, algorithm, budget)
-        curve = curves(out / algorithm)
+        final = rlhf(out, base, name, algorithm, epochs, budget)
+        curve = curves(out / name, epochs)
         n = max(1, len(curve["reward"]) // 5)
-        results[algorithm] = {
+        results[name] = {
             "curve": curve,
             "reward_first": sum(curve["reward"][:n]) / n,
             "reward_last": sum(curve["reward"][-n:]) / n,
@@ -153,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
             "heldout_accuracy": accuracy(final, out, budget.images_heldout),
             "seconds": time.perf_counter() - t0,
         }
-        summary = {k: v for k, v in results[algorithm].items() if k != "curve"}
-        print(f"{algorithm}: {json.dumps(summary)}", flush=True)
+        summary = {k: v for k, v in results[name].items() if k != "curve"}
+        print(f"{name}: {json.dumps(summary)}", flush=True)
     results["seconds"] = time.perf_counter() - started
     (out / "rlhf_curves.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out / "rlhf_reward.png")

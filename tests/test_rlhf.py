@@ -290,6 +290,40 @@ def test_later_epochs_rescore_the_kept_rollout_against_its_sampling_weights(data
         obj.loss(model, None, 4)
 
 
+@pytest.mark.parametrize("head", ["chunked", "family fallback"])
+def test_scoring_without_logits_equals_log_softmax_of_the_full_logits(data, head, monkeypatch):
+    """The reference and graded passes ask the model for the response tokens' log-probs and entropies
+    (`logprobs_of_last`: chunked from the hidden states, or the family's own head at those positions); values and the
+    gradients of a block, the LM head and the embeddings under a non-uniform upstream gradient must equal log_softmax
+    over the full logits, computed here independently."""
+    if head == "family fallback":
+        monkeypatch.setattr(infimm_hd.modeling, "PLAIN_HEAD_FAMILIES", frozenset())
+    model, processor = tiny_model()
+    obj = objective(processor, model, algorithm="rloo", k=2, max_new_tokens=5, temperature=0.7)
+    torch.manual_seed(0)
+    rollout, *_ = obj.rollout(model, first_batch(data, processor), 0)
+    params = [
+        model.cross_attention_blocks()[3].attn.to_q.weight,
+        model.get_output_embeddings().weight,
+        model.get_input_embeddings().weight,
+    ]
+    out = model(**rollout.scoring_inputs(0.7))
+    assert out.logits is None
+    weights = torch.randn(out.token_logprobs.shape, generator=torch.Generator().manual_seed(1))
+    got_grads = torch.autograd.grad((out.token_logprobs * weights).sum(), params)
+
+    logits = model(**rollout.model_inputs()).logits[:, :-1].float() / 0.7  # (B, R, V)
+    log_probs = torch.log_softmax(logits, -1)
+    want = log_probs.gather(-1, rollout.response[..., None]).squeeze(-1)
+    want_grads = torch.autograd.grad((want * weights).sum(), params)
+    torch.testing.assert_close(out.token_logprobs, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.token_entropy, -(log_probs.exp() * log_probs).sum(-1).detach(), rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(["block to_q", "lm_head", "embeddings"], got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    with pytest.raises(ValueError, match="no labels"):
+        model(**rollout.scoring_inputs(1.0), labels=rollout.sequences)
+
+
 def test_the_vision_tower_runs_once_per_prompt_in_a_whole_rlhf_step(data):
     model, processor = tiny_model()
     obj = objective(processor, model, algorithm="rloo", k=4, max_new_tokens=4)

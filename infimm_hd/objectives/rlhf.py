@@ -286,10 +286,9 @@ class RLHFObjective:
         raw.eval()
         try:
             with self.reference.swapped_in(raw) as reference:
-                logits = reference(**rollout.model_inputs()).logits[:, :-1]  # (B, R, V)
+                return reference(**rollout.scoring_inputs(self.temperature)).token_logprobs  # (B, R)
         finally:
             raw.train(was_training)
-        return rl_math.logprobs_of(logits, rollout.response, self.temperature)
 
     def loss(self, model: nn.Module, batch: dict[str, Any] | None, step: int) -> ObjectiveOutput:
         """A new rollout from `batch`, or (``batch=None``, a later epoch) the kept rollout of this micro-batch."""
@@ -371,11 +370,8 @@ class RLHFObjective:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The one call of the (possibly wrapped) model per micro-batch, where DDP / FSDP hook in: (log pi (B, R) with
         gradient, entropy (B, R) without, values (B, R) with gradient for PPO, else None)."""
-        out = model(**rollout.model_inputs(), output_hidden_states=self.algorithm == "ppo")
-        logits = out.logits[:, :-1]  # (B, R, V): position Lp - 1 + t predicts response token t
-        logp = rl_math.logprobs_of(logits, rollout.response, self.temperature)  # (B, R)
-        with torch.no_grad():
-            entropy = rl_math.entropy_from_logits(logits.detach(), self.temperature)
+        out = model(**rollout.scoring_inputs(self.temperature), output_hidden_states=self.algorithm == "ppo")
+        logp, entropy = out.token_logprobs, out.token_entropy  # (B, R) each, no (B, R, V) logits made
         values = None
         if self.algorithm == "ppo":
             hidden = out.hidden_states[-1][:, rollout.prompt_length - 1 : -1]  # (B, R, D): the state before token t

@@ -66,6 +66,13 @@ class Rollout:
             inputs["cross_attention_context"] = self.context
         return inputs
 
+    def scoring_inputs(self, temperature: float) -> dict[str, Any]:
+        """`model_inputs` asking the model for the response tokens' log-probs and entropies (B, R) under
+        softmax(logits / temperature) instead of logits (`logprobs_of_last`: no (B, R, V) tensor is made)."""
+        inputs = self.model_inputs()
+        del inputs["logits_to_keep"]
+        return inputs | {"logprobs_of_last": self.response.shape[1], "logprobs_temperature": temperature}
+
 
 def prompts_from_batch(batch: dict[str, Any], tokenizer, generation_prompt_ids: list[int]) -> Prompts:
     """Split each row of a right-padded training batch into its prompt and reference answer.
