@@ -37,6 +37,7 @@ import argparse
 import copy
 import json
 import time
+import unittest.mock
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ from bench_stage3_memory import (
 from common import BackgroundLoad, interleaved, machine_line, median, result_line, setup_torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+import infimm_hd.modeling
 from infimm_hd.objectives import SFTObjective
 
 TARGET = 0.30
@@ -171,15 +173,13 @@ RECIPES = (
 
 def scored_logits_loss(model, batch: dict) -> torch.Tensor:
     """The loop's previous objective: logits (bf16 autocast) only at the positions where some row scores a label,
-    then float32 cross-entropy over them (mean over the label tokens)."""
-    labels = batch["labels"]
-    keep = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)  # (K,)
-    inputs = {k: batch[k] for k in MODEL_KEYS if k != "labels"}
+    then float32 cross-entropy over them (mean over the label tokens). That is the model's own `skip_logits` path for
+    heads that are not plain linears, so it is taken here with every family treated as such."""
+    inputs = {k: batch[k] for k in MODEL_KEYS}
     inputs["attention_mask"] = None  # right padding: exact, as the objective does
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
-    targets = labels[:, 1:][:, keep]  # (B, K)
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    every_head_special = unittest.mock.patch.object(infimm_hd.modeling, "PLAIN_HEAD_FAMILIES", frozenset())
+    with every_head_special, torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(**inputs, use_cache=False, skip_logits=True).loss
 
 
 class Step:
