@@ -118,7 +118,12 @@ def build_parser(spec: StageSpec, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, default=2)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed-precision", default="bf16", choices=["bf16", "no"])
+    p.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=["auto", "bf16", "no"],
+        help="auto (default): bf16 where the GPU or CPU multiplies it natively, else float32",
+    )
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint in --output), 'none', or a folder")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .precision import resolve_mixed_precision
+
 
 @dataclass
 class TrainConfig:
@@ -25,7 +27,9 @@ class TrainConfig:
     weight_decay: AdamW decoupled decay on >= 2-D non-embedding weights only (see `optim.param_groups`).
     grad_clip: max global L2 norm; None or 0 disables clipping (the norm is still logged).
     grad_accumulation: micro-batches per optimizer step and rank.
-    mixed_precision: "bf16" autocast (works on CPU too) or "no" (float32); weights stay float32 either way.
+    mixed_precision: "bf16" autocast (works on CPU too), "no" (float32), or "auto" (the default): bf16 where the
+        hardware multiplies it natively (`training.precision`), float32 elsewhere; resolved when the config is made,
+        so the config (and the run's saved config.json) holds "bf16" or "no". Weights stay float32 either way.
     gradient_checkpointing: recompute activations in backward (LLM layers, cross-attention blocks, ViT blocks).
     save_every / keep_last: checkpoint period in steps, and how many checkpoints to keep (older ones are deleted).
     log_every: steps between progress lines / TensorBoard points.
@@ -50,7 +54,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float | None = 1.0
     grad_accumulation: int = 1
-    mixed_precision: Literal["bf16", "no"] = "bf16"
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     gradient_checkpointing: bool = False
     save_every: int = 1000
     keep_last: int = 3
@@ -79,8 +83,10 @@ class TrainConfig:
         for name in ("grad_accumulation", "save_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mixed_precision not in ("bf16", "no"):
-            problems.append(f"mixed_precision must be 'bf16' or 'no', got {self.mixed_precision!r}")
+        try:
+            self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
