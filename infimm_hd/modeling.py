@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 from .configuration import InfiMMHDConfig
 from .cross_attention_context import CrossAttentionContext, CrossAttentionInputs
 from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
-from .linear_logprobs import linear_token_logprobs
+from .linear_logprobs import entropy_from_logits, linear_token_logprobs, logprobs_of
 from .media_mask import cross_attention_mask, text_time
 from .media_packing import add_window_positions, crops_per_image, pack_media
 from .varlen_attention import flash_varlen_kernel, varlen_segments
@@ -388,11 +388,10 @@ class InfiMMHDForConditionalGeneration(InfiMMHDPreTrainedModel, GenerationMixin)
             )
             return out, logp, entropy
         out = self.language_model(**text_inputs, logits_to_keep=k + 1)
-        logits = out.logits[:, :-1].float() / temperature  # (B, K, V)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        logp = log_probs.gather(-1, tokens.to(logits.device)[..., None]).squeeze(-1)
+        logits = out.logits[:, :-1]  # (B, K, V): position t predicts token t + 1
+        logp = logprobs_of(logits, tokens.to(logits.device), temperature)
         with torch.no_grad():
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            entropy = entropy_from_logits(logits, temperature)
         return out, logp, entropy
 
     def _loss_without_logits(

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from ..linear_logprobs import entropy_from_logits, logprobs_of  # noqa: F401 - part of this module's maths
 
 KLEstimator = Literal["k1", "k2", "k3"]
 
@@ -76,31 +77,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Log-probabilities, entropy, KL
-
-
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probabilities (B, T) in float32 of `tokens` (B, T) under `logits` (B, T, V).
-
-    The logits must already be aligned: `logits[:, t]` is the distribution that produced `tokens[:, t]`. For a causal LM
-    run on `prompt + response` with the response starting at position P, that is `logits[:, P - 1 : -1]`. `temperature`
-    divides the logits, so the log-probs are those of the distribution that was sampled (TRL does the same).
-    """
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    # log_softmax(x)_i = x_i - logsumexp(x), without materialising the full (B, T, V) log-softmax.
-    picked = logits.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy (B, T) in nats, float32, of the categorical distributions `logits` (B, T, V)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+# Log-probabilities, entropy (`linear_logprobs`, where the model's scoring path uses them too), KL
 
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
