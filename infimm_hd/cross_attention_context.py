@@ -23,7 +23,10 @@ import torch
 
 if TYPE_CHECKING:
     from .varlen_attention import VarlenSegments
-    from .xattn import MaskedCrossAttention
+
+# A block's key/value projection: media (Bc, S, Dv) -> k, v each (Bc, H, S, Dh). Passed in rather than the block
+# itself, so the context (read by the blocks) does not import the blocks.
+ProjectKV = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -45,13 +48,13 @@ class CrossAttentionContext:
     rows_per_context: int = 1
     kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None)
 
-    def key_values(self, layer_idx: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k, v) for one block: from the cache when present, else projected now (and cached if enabled)."""
+    def key_values(self, layer_idx: int, project_kv: ProjectKV) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, v) for one block: from the cache when present, else `project_kv(media)` now (cached if enabled)."""
         if self.kv_cache is not None and layer_idx in self.kv_cache:
             return self.kv_cache[layer_idx]
         if self.media is None:
             raise RuntimeError(f"cross-attention layer {layer_idx} has no cached k/v and the vision tokens were freed")
-        kv = attn.project_kv(self.media)
+        kv = project_kv(self.media)
         if self.kv_cache is not None:
             self.kv_cache[layer_idx] = kv
         return kv

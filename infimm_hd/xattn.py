@@ -99,7 +99,7 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
 
     def forward(self, x: torch.Tensor, xattn: CrossAttentionInputs, layer_idx: int) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D). Keys come from the per-call `xattn` inputs, never from state on this module."""
-        k, v = xattn.context.key_values(layer_idx, self.attn)
+        k, v = xattn.context.key_values(layer_idx, self.attn.project_kv)
         attn_out = torch.tanh(self.attn_gate) * self.attn(x, k, v, xattn)
         if xattn.row_has_media is not None:
             attn_out = attn_out * xattn.row_has_media.to(x.dtype)  # (B, T, 1): zero for tokens with no image

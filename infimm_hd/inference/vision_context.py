@@ -27,7 +27,7 @@ def encode_context(
     device = model.device
     context = model.encode_media(input_ids.to(device), pixel_values.to(device), image_grids.to(device), cache_kv=True)
     for layer_idx, block in model.cross_attention_blocks().items():
-        context.key_values(layer_idx, block.attn)  # (Bc, H, S, Dh) each, stored in context.kv_cache
+        context.key_values(layer_idx, block.attn.project_kv)  # (Bc, H, S, Dh) each, stored in context.kv_cache
     return replace(context, media=None)
 
 
