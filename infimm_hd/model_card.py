@@ -1,13 +1,13 @@
 """Model cards: the repository's MODEL_CARD.md and the README.md that `save_pretrained` writes beside the weights.
 
 One template serves both: `render_model_card(model)` fills in the figures of a model (parameter counts by part,
-cross-attention layers, tokens per crop, window budgets, bases). `python -m infimm_hd.model_card` renders it for the
+cross-attention layers, tokens per crop, window budgets, bases). `python -m infimm_hd.paper_card` renders it for the
 paper configuration (built on the meta device) and is how MODEL_CARD.md is produced; a test keeps them in sync.
+The card reads the model it is given and imports nothing of the package, so saving can render it from below the
+model.
 """
 
 from __future__ import annotations
-
-import sys
 
 TEMPLATE = """\
 ---
@@ -145,17 +145,3 @@ def render_model_card(
         measured=measured or "Figures measured by this package for this checkpoint: none recorded yet.",
         model_id=model_id,
     )
-
-
-def paper_model_card() -> str:
-    """MODEL_CARD.md: the card of the paper configuration (EVA02-CLIP-E + Vicuna-13B shapes, built on meta)."""
-    from .presets import build_model
-    from .trained_checkpoint import BaseSource
-
-    model, _ = build_model("paper-13b", device="meta")
-    model.base_sources = {"language_model": BaseSource("transformers", "lmsys/vicuna-13b-v1.5")}
-    return render_model_card(model, title="InfiMM-HD 13B (paper configuration)", model_id="path/to/infimm-hd-13b")
-
-
-if __name__ == "__main__":
-    sys.stdout.write(paper_model_card())

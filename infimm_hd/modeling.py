@@ -17,7 +17,6 @@ at zero the model is the base LLM, logit for logit.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from .linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .linear_logprobs import entropy_from_logits, linear_token_logprobs, logprobs_of
 from .media_mask import cross_attention_mask, text_time
 from .media_packing import add_window_positions, crops_per_image, pack_media
+from .pretrained_io import CheckpointIO
 from .varlen_attention import flash_varlen_kernel, varlen_segments
 from .vision_tower import VisionTower
 from .xattn import CrossAttentionBlockConfig, CrossAttentionDecoderLayer, GatedCrossAttentionBlock
@@ -70,7 +70,9 @@ def decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
     return layers
 
 
-class InfiMMHDPreTrainedModel(PreTrainedModel):
+class InfiMMHDPreTrainedModel(CheckpointIO):
+    """Config class, init and HF capability flags; saving/loading (strict, trained-only, card) is `CheckpointIO`'s."""
+
     config_class = InfiMMHDConfig
     config: InfiMMHDConfig
     base_model_prefix = ""
@@ -78,42 +80,6 @@ class InfiMMHDPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _no_split_modules = ["CrossAttentionDecoderLayer", "VisionTower"]
-
-    def save_pretrained(self, save_directory, *args, trained_only: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained` (safetensors); `trained_only=True` writes only the trainable and
-        base-less tensors plus a manifest of the frozen bases (see `trained_checkpoint`), for small stage
-        checkpoints."""
-        from .model_card import render_model_card
-
-        if trained_only:
-            from .trained_checkpoint import save_trained
-
-            save_trained(self, save_directory)
-        else:
-            super().save_pretrained(save_directory, *args, **kwargs)
-        card = os.path.join(save_directory, "README.md")
-        if not os.path.exists(card):  # never overwrite a card the user wrote
-            with open(card, "w") as f:
-                f.write(render_model_card(self, model_id=str(save_directory)))
-
-    @classmethod
-    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but strict: a missing, unexpected or mis-shaped key is an error that
-        names it (peers warn and silently initialise; a half-loaded VLM is worse than none). `strict=False` restores
-        transformers' lenient behaviour."""
-        from .trained_checkpoint import is_trained_only, load_trained
-
-        if args and isinstance(args[0], (str, os.PathLike)) and os.path.isdir(args[0]) and is_trained_only(args[0]):
-            return load_trained(args[0], dtype=kwargs.get("dtype") or kwargs.get("torch_dtype"))
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {k: sorted(map(str, v)) for k, v in info.items() if k != "error_msgs" and v}
-        if info.get("error_msgs"):
-            problems["error_msgs"] = list(info["error_msgs"])
-        if strict and problems:
-            details = "; ".join(f"{k}: {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}" for k, v in problems.items())
-            raise ValueError(f"checkpoint does not match the model ({details}); pass strict=False to load anyway")
-        return (model, info) if want_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the fusion blocks are ours to initialise (PyTorch defaults, gates at zero, as in the paper); the LLM

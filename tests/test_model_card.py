@@ -9,14 +9,14 @@ from pathlib import Path
 from conftest import make_image
 
 import infimm_hd
-from infimm_hd.model_card import paper_model_card
+from infimm_hd.paper_card import paper_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_model_card_md_is_the_rendered_paper_card():
     assert (ROOT / "MODEL_CARD.md").read_text() == paper_model_card(), (
-        "MODEL_CARD.md is stale: regenerate it with `python -m infimm_hd.model_card > MODEL_CARD.md`"
+        "MODEL_CARD.md is stale: regenerate it with `python -m infimm_hd.paper_card > MODEL_CARD.md`"
     )
     card = paper_model_card()
     assert card.startswith("---\nlibrary_name: infimm-hd\npipeline_tag: image-text-to-text\n")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..trained_checkpoint import grow_token_embeddings
+from ..multimodal_vocab import grow_token_embeddings
 from .base import ObjectiveOutput, model_inputs
 from .sft import IGNORE_INDEX, forward_loss_sum
 from .step_noise import MicroBatchCounter, current_rank, step_seed
