@@ -21,11 +21,13 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None):
     id). `dtype` is one of `DTYPES` (default: the checkpoint's own, float32 for presets)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    import infimm_hd
+    from ..auto_registration import register_auto_classes
+    from ..presets import build_model
 
+    register_auto_classes()  # folders and hub ids resolve to our classes without trust_remote_code
     torch_dtype = DTYPES[dtype] if dtype else None
     if name in PRESETS:
-        model, processor = infimm_hd.build_model(name)
+        model, processor = build_model(name)
         if torch_dtype is not None:
             model = model.to(torch_dtype)
     else:

@@ -13,10 +13,10 @@ import argparse
 import os
 import sys
 
+from ..inference.loading import PRESETS, load_model
 from .batcher import BatchConfig
 from .limits import ServerLimits
 
-PRESETS = ("tiny", "smollm2-135m")
 API_KEY_ENV = "INFIMM_HD_API_KEY"
 
 
@@ -63,22 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(spec: str, device: str | None):
-    """A preset name, or a folder / Hub id loaded through the Auto classes (registered by `import infimm_hd`)."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import infimm_hd
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if spec in PRESETS:
-        model, processor = infimm_hd.build_model(spec)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(spec)
-        processor = AutoProcessor.from_pretrained(spec)
-    return model.to(device).eval(), processor
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -103,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     try:
-        model, processor = load_model(args.model, args.device)
+        model, processor = load_model(args.model, device=args.device)
         app = create_app(
             model,
             processor,

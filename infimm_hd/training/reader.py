@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import webdataset as wds
 from jinja2 import TemplateError
@@ -38,10 +38,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..processing import InfiMMHDProcessor
 from .buckets import bucket_by_length
 from .collate import collate, encode_sample, render_length
+from .loader_config import LoaderConfig
 from .sample_format import image_keys, validate_record
-
-if TYPE_CHECKING:
-    from .data import LoaderConfig
 
 logger = logging.getLogger(__name__)
 
