@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CONFIG_MAPPING, PreTrainedConfig
 
-from .configuration import InfiMMHDConfig, InfiMMHDVisionConfig, every_nth_layer
+from ..configuration import InfiMMHDConfig, InfiMMHDVisionConfig, every_nth_layer
 
 __all__ = [
     "ConversionReport",
@@ -515,7 +515,7 @@ def _parameters_on_meta() -> Iterator[None]:
 
 def _build_model(config: InfiMMHDConfig) -> nn.Module:
     """Our model with its parameters on the meta device (no memory), ready for `load_state_dict(assign=True)`."""
-    from .modeling import InfiMMHDForConditionalGeneration
+    from ..modeling import InfiMMHDForConditionalGeneration
 
     with _parameters_on_meta():
         return InfiMMHDForConditionalGeneration(config)
@@ -523,7 +523,7 @@ def _build_model(config: InfiMMHDConfig) -> nn.Module:
 
 def _expected_shapes(config: InfiMMHDConfig) -> dict[str, torch.Size]:
     """Every state-dict key of our model for `config`, with its shape (built on the meta device)."""
-    from .modeling import InfiMMHDForConditionalGeneration
+    from ..modeling import InfiMMHDForConditionalGeneration
 
     with torch.device("meta"):
         model = InfiMMHDForConditionalGeneration(config)
