@@ -80,6 +80,7 @@ COMMANDS = {
     "chat": (_lazy("infimm_hd.inference.commands", "chat_main"), "interactive, streaming chat about one image"),
     "serve": (_lazy("infimm_hd.serving.cli"), "OpenAI-compatible HTTP server (/v1/chat/completions)"),
     "show-tiles": (_lazy("infimm_hd.inference.tile_picture"), "draw the thumbnail + window grid over an image (PNG)"),
+    "eval": (_lazy("infimm_hd.evaluation.command"), "score a model on public benchmarks (official metrics, resumable)"),
     "demo": (_demo, "run the embedded default (offline, CPU)"),
     "convert-official": (_convert, "convert the published InfiMM-HD checkpoint (legacy .bin, safe loading)"),
     "plan": (_plan, "print the tiling plan of an image size"),

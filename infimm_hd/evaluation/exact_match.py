@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .training.data import iterate_records
+from ..training.data import iterate_records
 
 
 def normalize_answer(text: str) -> str:
