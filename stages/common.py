@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infimm_hd.evaluation.during_training import BenchmarkDuringTraining
 from infimm_hd.objectives import add_mask_token, build_objective, objective_names
 from infimm_hd.training.config import TrainConfig
 from infimm_hd.training.data import LoaderConfig, StreamingLoader
@@ -128,7 +129,23 @@ def build_parser(spec: StageSpec, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint in --output), 'none', or a folder")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
     p.add_argument("--full-save", action="store_true", help="write every weight in final/, not only trained ones")
+    e = p.add_argument_group("evaluation during training (scores logged beside the loss)")
+    e.add_argument("--eval-benchmark", default=None, help="a benchmark name (infimm-hd eval's --benchmark)")
+    e.add_argument("--eval-data", default=None, help="its held-out files, as published")
+    e.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (and at the last step)")
+    e.add_argument("--eval-limit", type=int, default=64, help="held-out samples per evaluation")
     return p
+
+
+def periodic_eval(args: argparse.Namespace, processor: Any) -> BenchmarkDuringTraining | None:
+    """The `--eval-*` flags -> the loop's periodic evaluation (None without `--eval-benchmark`)."""
+    if args.eval_benchmark is None:
+        return None
+    if args.eval_data is None:
+        raise ValueError("--eval-benchmark needs --eval-data (the benchmark's held-out files)")
+    return BenchmarkDuringTraining(
+        args.eval_benchmark, args.eval_data, processor, args.output, every=args.eval_every, limit=args.eval_limit
+    )
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -244,6 +261,7 @@ def run_stage(spec: StageSpec, argv: list[str] | None, doc: str) -> Path:
         accelerator=accelerator,
         processor=processor,
         extra_config={"stage": spec, "hyperparameters": hp, "loader": loader_config, "argv": vars(args)},
+        periodic_eval=periodic_eval(args, processor),
     )
     if accelerator.is_main_process:
         plot_loss(args.output, title=f"stage {spec.number}: {spec.name} ({args.preset})")

@@ -50,6 +50,15 @@ from .progress import ProgressLogger
 from .trainable import trainable_table
 
 
+class PeriodicEvaluation(Protocol):
+    """Scores of the model at a step (e.g. `evaluation.during_training.BenchmarkDuringTraining`), every `every`
+    steps and at the last one; keys are logged as they are (`eval/<benchmark>/<metric>`)."""
+
+    every: int
+
+    def __call__(self, model: nn.Module, step: int) -> dict[str, float]: ...
+
+
 class BatchSource(Protocol):
     """An infinite iterator of batches with an exact, JSON-serialisable position (one per rank; it shards itself).
 
@@ -293,13 +302,15 @@ def train(
     accelerator: Accelerator | None = None,
     processor: Any = None,
     extra_config: dict[str, Any] | None = None,
+    periodic_eval: PeriodicEvaluation | None = None,
 ) -> TrainResult:
     """Train `model` (its trainable set already declared, see `trainable.apply_trainable`) for `config.max_steps`
     optimizer steps, resuming per `config.resume`; returns the logged history and where things were saved.
 
     `accelerator`: pass one to control its construction (it must have gradient_accumulation_steps=1: the loop
     accumulates itself); by default `make_accelerator(config)`. `extra_config`: the stage's other settings (dataclasses
-    or dicts), saved with the resolved config. Every rank calls `train` with its own `batches`.
+    or dicts), saved with the resolved config. Every rank calls `train` with its own `batches`. `periodic_eval`:
+    scored every `periodic_eval.every` steps on the main process (the others wait) and logged beside the loss.
     """
     accelerator = accelerator or make_accelerator(config)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -313,6 +324,11 @@ def train(
         raise ValueError(
             f"the Accelerator uses mixed_precision={accelerator.mixed_precision!r} but the config asks for "
             f"{config.mixed_precision!r}"
+        )
+    if periodic_eval is not None and accelerator.distributed_type == DistributedType.FSDP:
+        raise NotImplementedError(
+            "evaluation during training is not supported under FSDP yet (generation on one rank would need the "
+            "other ranks' shards); evaluate the saved checkpoints with `infimm-hd eval` instead"
         )
     if not hasattr(batches, "__next__"):
         raise TypeError("batches must be an iterator (with state_dict/load_state_dict), not a re-iterable")
@@ -427,6 +443,16 @@ def train(
                 metrics |= _global_stats(accelerator, stats)
                 history.append({"step": state.step, **metrics})
             log.step(state.step, metrics, totals.samples, totals.tokens)
+            if periodic_eval is not None and (state.step % periodic_eval.every == 0 or state.step == config.max_steps):
+                scores = {}
+                if main:  # the unwrapped model: its forward has no collectives, so one rank can generate alone
+                    raw_model.eval()
+                    cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+                    with torch.random.fork_rng(devices=cuda):  # evaluating must not change the training's RNG
+                        scores = periodic_eval(raw_model, state.step)
+                    raw_model.train()
+                accelerator.wait_for_everyone()
+                log.scalars(state.step, scores)
 
             if state.step % config.save_every == 0 or state.step == config.max_steps:
                 last = ckpt.save_checkpoint(

@@ -74,6 +74,19 @@ class ProgressLogger:
         if self.enabled:
             self._append({"event": name, **fields})
 
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        """Values measured at `step` outside the step's own metrics (periodic evaluation scores): one JSONL record
+        `{"step": step, ...}` and the same TensorBoard / W&B series, next to the loss."""
+        if not self.enabled or not metrics:
+            return
+        self._append({"step": step, **metrics})
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        self.print(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+
     def step(self, step: int, metrics: dict[str, float], samples: int, tokens: int) -> None:
         """Record optimizer step `step` (1-based count of updates done) with its global sample / token counts."""
         if not self.enabled:
