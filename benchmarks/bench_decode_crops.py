@@ -5,7 +5,7 @@ cross-attention keys (projected once per prompt and cached) instead of the LLM s
 windows + thumbnail = 10 crops, 10,250 keys) should then decode almost as fast as a 448 px one (1x1 + thumbnail =
 2 crops, 2,050 keys). Target: per-token decode time ratio 10 crops / 2 crops <= 1.10.
 
-How: one model at paper proportions scaled to CPU size (see `common.Scale`), one prompt. The 2- and 10-crop variants
+How: one model at paper proportions scaled to CPU size (`model_scale.Scale`), one prompt. The 2- and 10-crop variants
 go through `model.generate(pixel_values=..., image_grids=...)` (the user path); the 1-crop variant (1,025 keys, the
 thumbnail alone, which the processor never produces) hands `generate` a `CrossAttentionContext` built from the first
 crop's tokens. Only decode steps are timed (a logits-processor clock, prefill excluded), the variants are
@@ -16,21 +16,13 @@ interleaved over several repetitions after a warm-up, and the median per-token t
 
 from __future__ import annotations
 
+import repo_path  # noqa: F401
 import torch
-from common import (
-    BackgroundLoad,
-    Scale,
-    build_infimm,
-    decode_setup,
-    infimm_decode_bytes,
-    infimm_decode_flops,
-    interleaved,
-    median,
-    paper_scale,
-    result_line,
-    spread,
-    timed_generate,
-)
+from flags import decode_setup
+from flop_counts import infimm_decode_bytes, infimm_decode_flops
+from model_builders import build_infimm
+from model_scale import Scale, paper_scale
+from timing import BackgroundLoad, interleaved, median, result_line, spread, timed_generate
 
 from infimm_hd.cross_attention_context import CrossAttentionContext
 

@@ -8,9 +8,9 @@ not yet measured there):
 2. Stage-4 MFU: a random Llama LLM with SmolLM2-1.7B widths (hidden 2048, FFN 8192, 32 heads x 64, vocab 49,152) but
    16 layers (1.28B with its untied head), 4 gated cross-attention blocks of 12 x 64 (the paper's, FFN mult 1), and a
    random ViT-L/14 at 448 (width 1024, depth 24: 303M, 1025 tokens per crop), built through the package's API
-   (`common.build_infimm` -> `from_components`). Batch: 8 samples x up to 1,536 tokens (80-100% real, right padded,
-   the first 32 tokens unscored), one image each with 2x2, 2x3, 3x3, 3x2 windows (5, 7, 10, 7 crops). The step is
-   the training loop's: fp32 master weights, bf16 autocast, `SFTObjective` (chunked LM head + cross-entropy, no
+   (`model_builders.build_infimm` -> `from_components`). Batch: 8 samples x up to 1,536 tokens (80-100% real, right
+   padded, the first 32 tokens unscored), one image each with 2x2, 2x3, 3x3, 3x2 windows (5, 7, 10, 7 crops). The step
+   is the training loop's: fp32 master weights, bf16 autocast, `SFTObjective` (chunked LM head + cross-entropy, no
    logits), backward, gradient clipping, `optim.build_optimizer`'s fused AdamW; LLM + blocks + embeddings trained,
    ViT frozen. Model FLOPs are counted by `bench_mfu_stage4.model_flops` (keys per sample from its crops), over the
    real tokens; `torch.utils.flop_counter.FlopCounterMode` cross-checks one step against
@@ -32,24 +32,14 @@ import argparse
 import dataclasses
 import time
 
+import repo_path  # noqa: F401
 import torch
 from bench_mfu_stage4 import CPU_SDPA, model_flops
-from common import (
-    VIT_L14,
-    BackgroundLoad,
-    Scale,
-    StepClock,
-    build_infimm,
-    infimm_decode_bytes,
-    infimm_decode_flops,
-    interleaved,
-    machine_line,
-    median,
-    num_params,
-    result_line,
-    spread,
-    timed_generate,
-)
+from flop_counts import infimm_decode_bytes, infimm_decode_flops
+from machine import machine_line
+from model_builders import build_infimm, num_params
+from model_scale import VIT_L14, Scale
+from timing import BackgroundLoad, StepClock, interleaved, median, result_line, spread, timed_generate
 
 from infimm_hd.objectives import SFTObjective
 from infimm_hd.training.optim import build_optimizer
@@ -202,7 +192,7 @@ class TrainStep:
 
 
 class SyncedClock(StepClock):
-    """`common.StepClock` that waits for the device before each stamp, so a stamp marks a finished decode step."""
+    """`timing.StepClock` that waits for the device before each stamp, so a stamp marks a finished decode step."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()

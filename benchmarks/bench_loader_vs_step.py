@@ -24,9 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import repo_path  # noqa: F401
 import torch
 from bench_stage3_memory import PRESET, adamw, build_stage, train_step
-from common import BackgroundLoad, interleaved, machine_line, median, result_line, setup_torch
+from flags import setup_torch
+from machine import machine_line
+from timing import BackgroundLoad, interleaved, median, result_line
 
 TARGET = 3.0
 

@@ -41,6 +41,7 @@ import unittest.mock
 from dataclasses import dataclass
 
 import numpy as np
+import repo_path  # noqa: F401
 import torch
 from bench_stage3_memory import (
     MODEL_KEYS,
@@ -55,7 +56,9 @@ from bench_stage3_memory import (
     saved_activation_bytes,
     untied_linears,
 )
-from common import BackgroundLoad, interleaved, machine_line, median, result_line, setup_torch
+from flags import setup_torch
+from machine import machine_line
+from timing import BackgroundLoad, interleaved, median, result_line
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import infimm_hd.modeling

@@ -57,10 +57,12 @@ import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
+import repo_path  # noqa: E402, F401
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
-from common import BackgroundLoad, cpu_model_name, interleaved, median, result_line, spread  # noqa: E402
+from machine import cpu_model_name  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import BackgroundLoad, interleaved, median, result_line, spread  # noqa: E402
 from torchvision.io import ImageReadMode, decode_image  # noqa: E402
 from transformers import LlavaNextImageProcessor, MllamaImageProcessor  # noqa: E402
 

@@ -24,9 +24,11 @@ import json
 import time
 from contextlib import contextmanager
 
+import repo_path  # noqa: F401
 import torch
 from bench_stage3_memory import _status_kb, conversation, make_batch, measure_peak_rss, run_json_child
-from common import machine_line, setup_torch
+from flags import setup_torch
+from machine import machine_line
 
 PRESET = "smollm2-135m"
 VARIANTS = ("swap", "deepcopy")

@@ -24,9 +24,14 @@ import json
 import sys
 import time
 
+import repo_path  # noqa: F401
 import torch
 from bench_stage3_memory import measure_peak_rss, run_json_child
-from common import Scale, build_infimm, cpu_model_name, median, setup_torch
+from flags import setup_torch
+from machine import cpu_model_name
+from model_builders import build_infimm
+from model_scale import Scale
+from timing import median
 
 from infimm_hd.objectives import rl_math
 from infimm_hd.objectives.rollout import Rollout, position_ids_from

@@ -36,7 +36,9 @@ from PIL import Image
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_REPO_ROOT / "benchmarks"))
-from common import _machine_busy_seconds, cpu_model_name, result_line  # noqa: E402
+import repo_path  # noqa: E402, F401
+from machine import cpu_model_name, machine_busy_seconds  # noqa: E402
+from timing import result_line  # noqa: E402
 
 TARGET = 2.0  # this benchmark's own bar: batching should at least double throughput on a small model
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         same = sum(a == b for a, b in zip(answers["batched"], answers["one_at_a_time"], strict=True))
 
         times: dict[str, list[float]] = {name: [] for name in names}
-        busy0, own0 = _machine_busy_seconds(), time.process_time()
+        busy0, own0 = machine_busy_seconds(), time.process_time()
         server0 = sum(s.cpu_seconds() for s in servers.values())
         wall0 = time.perf_counter()
         for rep in range(args.reps):
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 times[name].append(seconds)
                 print(f"  round {rep + 1} {name:>13}: {args.requests / seconds:6.2f} requests/s ({seconds:.2f} s)")
         wall = time.perf_counter() - wall0
-        busy1 = _machine_busy_seconds()
+        busy1 = machine_busy_seconds()
         ours = time.process_time() - own0 + sum(s.cpu_seconds() for s in servers.values()) - server0
         health = httpx.get(servers["batched"].base + "/health").json()
     finally:

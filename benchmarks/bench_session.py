@@ -29,9 +29,13 @@ import io
 import time
 
 import numpy as np
+import repo_path  # noqa: F401
 import torch
-from common import DTYPES, BackgroundLoad, interleaved, machine_line, median, num_params, result_line, setup_torch
+from flags import DTYPES, setup_torch
+from machine import machine_line
+from model_builders import num_params
 from PIL import Image
+from timing import BackgroundLoad, interleaved, median, result_line
 
 import infimm_hd
 from infimm_hd import InfiMMHDVisionConfig, from_components

@@ -43,9 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import repo_path  # noqa: F401
 import torch
-from common import BackgroundLoad, interleaved, machine_line, median, setup_torch
+from flags import setup_torch
+from machine import machine_line
 from PIL import Image
+from timing import BackgroundLoad, interleaved, median
 from torch import nn
 
 PRESET = "smollm2-135m"

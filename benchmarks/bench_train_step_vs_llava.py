@@ -5,7 +5,7 @@ sequence, so each of its decoder layers runs over text + vision tokens (and atte
 InfiMM-HD keeps the LLM sequence at the text length and lets a few gated cross-attention blocks read the vision
 tokens. Target: our training step >= 5x faster.
 
-Both sides share the same LLM shape (paper proportions scaled to CPU size, see `common.Scale`), the same vision
+Both sides share the same LLM shape (paper proportions scaled to CPU size, see `model_scale.Scale`), the same vision
 tokens, a 128-token text (the paper's stage 2/3 LLM sequence length) and a loss on the text tokens only:
 
 * InfiMM-HD: `model(input_ids=..., cross_attention_context=ctx, labels=...)` with the context built directly from
@@ -28,27 +28,15 @@ from __future__ import annotations
 import argparse
 import time
 
+import repo_path  # noqa: F401
 import torch
 import torch.nn.functional as F
-from common import (
-    DTYPES,
-    PATCH_FOR_TOKENS,
-    BackgroundLoad,
-    Scale,
-    add_common_args,
-    build_infimm,
-    build_llm,
-    interleaved,
-    llm_layer_flops,
-    lm_head_flops,
-    machine_line,
-    median,
-    num_params,
-    paper_scale,
-    result_line,
-    scale_from_args,
-    setup_torch,
-)
+from flags import DTYPES, add_common_args, setup_torch
+from flop_counts import llm_layer_flops, lm_head_flops
+from machine import machine_line
+from model_builders import build_infimm, build_llm, num_params
+from model_scale import PATCH_FOR_TOKENS, Scale, paper_scale, scale_from_args
+from timing import BackgroundLoad, interleaved, median, result_line
 from torch import nn
 
 from infimm_hd.cross_attention_context import CrossAttentionContext

@@ -3,7 +3,7 @@
 What: the time of one chat request whose image the server has seen before (an OpenAI-style client resends the
 conversation, image included, every turn), through the server's own generation path (`RequestBatcher._generate`:
 collate, vision, prefill, `max_tokens` greedy tokens), with the cache on (the image's tower tokens are reused) and
-off (the tower runs again). The model is the benchmarks' CPU-sized LLM (`common.Scale`: hidden 1024, 16 layers)
+off (the tower runs again). The model is the benchmarks' CPU-sized LLM (`model_scale.Scale`: hidden 1024, 16 layers)
 with a random ViT-L/14 at 448 px (width 1024, depth 24, 1025 tokens per crop, 303M parameters: the size of
 CLIP-L / EVA02-L towers; the paper's EVA02-CLIP-E is 4.4B) and a 1344x1344 image (3x3 windows + thumbnail =
 10 crops). bf16, 2 threads; requests alternate between the two settings (A B, B A, ...), medians reported.
@@ -23,9 +23,13 @@ import io
 import time
 
 import numpy as np
+import repo_path  # noqa: F401
 import torch
-from common import VIT_L14, BackgroundLoad, Scale, build_infimm, interleaved, machine_line, median, result_line, spread
+from machine import machine_line
+from model_builders import build_infimm
+from model_scale import VIT_L14, Scale
 from PIL import Image
+from timing import BackgroundLoad, interleaved, median, result_line, spread
 
 from infimm_hd.image_processing import InfiMMHDImageProcessor
 from infimm_hd.serving.batcher import BatchConfig, Finished, Job, PreparedRequest, RequestBatcher

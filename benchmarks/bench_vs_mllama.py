@@ -21,24 +21,13 @@ median per-token times reported.
 
 from __future__ import annotations
 
+import repo_path  # noqa: F401
 import torch
-from common import (
-    BackgroundLoad,
-    Scale,
-    build_infimm,
-    decode_setup,
-    infimm_decode_bytes,
-    infimm_decode_flops,
-    interleaved,
-    llm_layer_flops,
-    lm_head_flops,
-    median,
-    num_params,
-    paper_scale,
-    result_line,
-    spread,
-    timed_generate,
-)
+from flags import decode_setup
+from flop_counts import infimm_decode_bytes, infimm_decode_flops, llm_layer_flops, lm_head_flops
+from model_builders import build_infimm, num_params
+from model_scale import Scale, paper_scale
+from timing import BackgroundLoad, interleaved, median, result_line, spread, timed_generate
 from transformers import MllamaConfig, MllamaForConditionalGeneration
 
 TARGET = 1.3

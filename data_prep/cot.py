@@ -12,19 +12,16 @@ GSM8K and for `data_prep.synthetic`. Lines without "####" are skipped and counte
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .cli import add_input_arguments, add_output_arguments, build_from_args, script_parser
 from .shards import (
     Sample,
     Skipped,
     SkipSample,
-    add_output_arguments,
-    build,
-    input_fingerprint,
     jsonl_samples,
     make_record,
     message,
@@ -100,11 +97,8 @@ def cot_samples(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.cot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--input", type=Path, required=True, help="GSM8K-style JSONL")
-    parser.add_argument("--split", default="train", help="split name; shards are OUT/<split>-%%05d.tar")
+    parser = script_parser("data_prep.cot", __doc__)
+    add_input_arguments(parser, "GSM8K-style JSONL")
     parser.add_argument("--question-field", default="question")
     parser.add_argument("--answer-field", default="answer")
     parser.add_argument(
@@ -113,20 +107,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_output_arguments(parser, shard_size=5000)
     args = parser.parse_args(argv)
     options = {
-        "split": args.split,
         "question_field": args.question_field,
         "answer_field": args.answer_field,
         "strip_calculator": args.strip_calculator,
     }
-    return build(
-        args.out,
-        script="data_prep.cot",
-        arguments={"input": str(args.input.resolve()), "shard_size": args.shard_size, **options},
-        inputs=input_fingerprint(args.input),
-        samples=cot_samples(args.input, **options),
-        shard_size=args.shard_size,
-        force=args.force,
-    )
+    samples = cot_samples(args.input, split=args.split, **options)
+    return build_from_args(args, script="data_prep.cot", samples=samples, **options)
 
 
 if __name__ == "__main__":

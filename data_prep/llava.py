@@ -14,7 +14,6 @@ in `OUT/manifest.json`. Re-running with the same arguments does nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +21,12 @@ from typing import Any
 
 from infimm_hd.training.sample_format import count_image_parts
 
+from .cli import add_input_arguments, add_output_arguments, build_from_args, image_root_of, script_parser
 from .shards import (
     Sample,
     Skipped,
     SkipSample,
-    add_output_arguments,
-    build,
     image_part,
-    input_fingerprint,
     make_record,
     resolve_path,
     text_part,
@@ -120,30 +117,13 @@ def llava_samples(path: Path, image_root: Path, split: str = "train") -> Iterato
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.llava", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--input", type=Path, required=True, help="LLaVA JSON list or JSONL")
-    parser.add_argument("--image-root", type=Path, help="folder the image paths are relative to (default: --input's)")
-    parser.add_argument("--split", default="train", help="split name; shards are OUT/<split>-%%05d.tar")
+    parser = script_parser("data_prep.llava", __doc__)
+    add_input_arguments(parser, "LLaVA JSON list or JSONL", image_root=True)
     add_output_arguments(parser)
     args = parser.parse_args(argv)
-    image_root = (args.image_root or args.input.parent).resolve()
-    arguments = {
-        "input": str(args.input.resolve()),
-        "image_root": str(image_root),
-        "split": args.split,
-        "shard_size": args.shard_size,
-    }
-    return build(
-        args.out,
-        script="data_prep.llava",
-        arguments=arguments,
-        inputs=input_fingerprint(args.input),
-        samples=llava_samples(args.input, image_root, args.split),
-        shard_size=args.shard_size,
-        force=args.force,
-    )
+    image_root = image_root_of(args)
+    samples = llava_samples(args.input, image_root, args.split)
+    return build_from_args(args, script="data_prep.llava", samples=samples, image_root=str(image_root))
 
 
 if __name__ == "__main__":

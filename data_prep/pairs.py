@@ -13,22 +13,19 @@ arguments does nothing.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .cli import add_input_arguments, add_output_arguments, build_from_args, script_parser
 from .shards import (
     EncodedImage,
     ImageError,
     Sample,
     Skipped,
-    add_output_arguments,
-    build,
     image_part,
-    input_fingerprint,
     make_record,
     message,
     resolve_path,
@@ -132,11 +129,8 @@ def pair_samples(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.pairs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--input", type=Path, required=True, help="the table: .jsonl, .csv, .tsv or .parquet")
-    parser.add_argument("--split", default="train", help="split name; shards are OUT/<split>-%%05d.tar")
+    parser = script_parser("data_prep.pairs", __doc__)
+    add_input_arguments(parser, "the table: .jsonl, .csv, .tsv or .parquet")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--caption-column", default="caption")
     parser.add_argument("--id-column", default="id", help="optional; rows without it are named row<N>")
@@ -148,21 +142,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.input.suffix.lower() == ".parquet" and parquet_library() is None:
         parser.error(f"--input {args.input}: {PARQUET_HELP}")
     options = {
-        "split": args.split,
         "image_column": args.image_column,
         "caption_column": args.caption_column,
         "id_column": args.id_column,
         "prompt": args.prompt,
     }
-    return build(
-        args.out,
-        script="data_prep.pairs",
-        arguments={"input": str(args.input.resolve()), "shard_size": args.shard_size, **options},
-        inputs=input_fingerprint(args.input),
-        samples=pair_samples(args.input, **options),
-        shard_size=args.shard_size,
-        force=args.force,
-    )
+    samples = pair_samples(args.input, split=args.split, **options)
+    return build_from_args(args, script="data_prep.pairs", samples=samples, **options)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .cli import add_input_arguments, add_output_arguments, build_from_args, image_root_of, script_parser
 from .llava import IMAGE_TOKEN, split_image_tokens
 from .shards import (
     Sample,
     Skipped,
     SkipSample,
-    add_output_arguments,
-    build,
     image_part,
-    input_fingerprint,
     jsonl_samples,
     make_record,
     message,
@@ -86,36 +84,17 @@ def rlhf_samples(path: Path, task: str, image_root: Path, split: str = "train") 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser("data_prep.rlhf", __doc__)
     commands = parser.add_subparsers(dest="kind", required=True)
     for kind, task in KINDS.items():
         sub = commands.add_parser(kind, help=f'JSONL -> "{task}" records', description=__doc__)
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
-        sub.add_argument("--input", type=Path, required=True, help="JSONL, one item per line")
-        sub.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: --input's)")
-        sub.add_argument("--split", default="train", help="split name; shards are OUT/<split>-%%05d.tar")
+        add_input_arguments(sub, "JSONL, one item per line", image_root=True)
         add_output_arguments(sub)
     args = parser.parse_args(argv)
-    task = KINDS[args.kind]
-    image_root = (args.image_root or args.input.parent).resolve()
-    arguments = {
-        "kind": args.kind,
-        "input": str(args.input.resolve()),
-        "image_root": str(image_root),
-        "split": args.split,
-        "shard_size": args.shard_size,
-    }
-    return build(
-        args.out,
-        script="data_prep.rlhf",
-        arguments=arguments,
-        inputs=input_fingerprint(args.input),
-        samples=rlhf_samples(args.input, task, image_root, args.split),
-        shard_size=args.shard_size,
-        force=args.force,
-    )
+    image_root = image_root_of(args)
+    samples = rlhf_samples(args.input, KINDS[args.kind], image_root, args.split)
+    return build_from_args(args, script="data_prep.rlhf", samples=samples, kind=args.kind, image_root=str(image_root))
 
 
 if __name__ == "__main__":

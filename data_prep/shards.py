@@ -421,13 +421,3 @@ def build(
         f"skipped {counts['skipped']['total']} {counts['skipped']['by_reason'] or ''}".rstrip()
     )
     return manifest
-
-
-# -- command line ----------------------------------------------------------------------------------------------------
-
-
-def add_output_arguments(parser: Any, shard_size: int = 1000) -> None:
-    """The output options every script shares."""
-    parser.add_argument("--out", type=Path, required=True, help="output folder (shards + manifest.json)")
-    parser.add_argument("--shard-size", type=int, default=shard_size, help="max samples per shard")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the output is up to date")

@@ -26,7 +26,6 @@ Splits "train" and "heldout" come from disjoint seed streams, every image and re
 
 from __future__ import annotations
 
-import argparse
 import io
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli import script_parser
 from .corner_glyphs import CORNERS, DEFAULT_GRIDS, PALETTE, corner_box, preload_photos, render_sample
 from .cot import format_cot
 from .shards import EncodedImage, Log, Sample, build, image_part, make_record, message, text_part
@@ -303,11 +303,7 @@ def _grid(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.synthetic",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = script_parser("data_prep.synthetic", __doc__)
     d = SyntheticOptions()
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--num-images-train", type=int, default=d.num_images_train)
