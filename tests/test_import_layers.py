@@ -78,6 +78,7 @@ def test_an_upward_import_and_a_lazy_circle_are_caught(tmp_path):
             "trained_checkpoint.py": "def load():\n    from .modeling import Model\n",  # the old lazy circle
             "scratch.py": "",  # on no floor
             "demo.py": "def run():\n    from stages.common import run_stage\n",  # the package importing its users
+            "cli.py": "from .metricz.vqa import score\n",  # a module that does not exist is not the facade
         },
     )
     graph = import_graph(root)
@@ -86,6 +87,7 @@ def test_an_upward_import_and_a_lazy_circle_are_caught(tmp_path):
     assert "infimm_hd.trained_checkpoint (floor 1) imports infimm_hd.modeling (floor 2)" in breaches
     assert "infimm_hd.scratch: not assigned to a floor" in breaches
     assert "infimm_hd.demo imports stages.common, which is outside the package" in breaches
+    assert "infimm_hd.cli imports infimm_hd.metricz.vqa, which is no module of the package" in breaches
     assert cycles(graph) == [["infimm_hd.modeling", "infimm_hd.trained_checkpoint"]]
 
 

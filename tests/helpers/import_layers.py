@@ -21,6 +21,7 @@ from pathlib import Path
 PACKAGE = "infimm_hd"
 # Top-level folders of the repository that sit outside the package: they may import it, never the reverse.
 OUTSIDE = ("stages", "data_prep", "benchmarks", "tests")
+MISSING = "?"  # prefix of an import target that is no module of the package (a typo, or a module not written yet)
 
 # Floor of each module, by the longest matching dotted prefix. Lower floors never import higher ones.
 FLOORS: dict[int, tuple[str, ...]] = {
@@ -103,9 +104,12 @@ def import_graph(root: Path) -> dict[str, set[str]]:
             if target.split(".")[0] in OUTSIDE:
                 edges.add(target)
                 continue
+            wanted = target
             while target not in known and "." in target:  # e.g. an attribute path: keep its module
                 target = target.rsplit(".", 1)[0]
-            if target in known and target != name:
+            if target == PACKAGE and wanted != PACKAGE:  # nothing of it exists: not an import of the facade
+                edges.add(f"{MISSING}{wanted}")
+            elif target in known and target != name:
                 edges.add(target)
         graph[name] = edges
     return graph
@@ -129,6 +133,9 @@ def upward_imports(graph: dict[str, set[str]], floors: dict[int, tuple[str, ...]
     for module in sorted(graph):
         here = floor_of(module, floors)
         for target in sorted(graph[module]):
+            if target.startswith(MISSING):
+                problems.append(f"{module} imports {target[1:]}, which is no module of the package")
+                continue
             if target.split(".")[0] in OUTSIDE:
                 problems.append(f"{module} imports {target}, which is outside the package")
                 continue
