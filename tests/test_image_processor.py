@@ -30,7 +30,6 @@ import torch
 from PIL import Image, ImageFile, JpegImagePlugin
 from transformers import BatchFeature
 
-from infimm_hd import image_processing as ip
 from infimm_hd.hires import plan_tiles
 from infimm_hd.image_processing import (
     CLIP_MEAN,
@@ -43,6 +42,7 @@ from infimm_hd.image_processing import (
     open_image_header,
     process_images,
 )
+from infimm_hd.image_processing import processor as ip
 
 # torchvision 0.29 deprecates its image decoders (the processor uses them when present and falls back to PIL).
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")

@@ -83,8 +83,8 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from .hires import TilePlan, plan_tiles, tile_image
-from .recycled_buffers import OUTPUT_BUFFERS
+from ..hires import TilePlan, plan_tiles, tile_image
+from ..recycled_buffers import OUTPUT_BUFFERS
 
 __all__ = [
     "CLIP_MEAN",
