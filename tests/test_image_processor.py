@@ -27,10 +27,9 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from PIL import Image, ImageFile, JpegImagePlugin
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 from transformers import BatchFeature
 
-from infimm_hd import image_processing as ip
 from infimm_hd.hires import plan_tiles
 from infimm_hd.image_processing import (
     CLIP_MEAN,
@@ -42,7 +41,12 @@ from infimm_hd.image_processing import (
     normalize,
     open_image_header,
     process_images,
+    scaled_decode,
 )
+from infimm_hd.image_processing.layout import _canvas
+from infimm_hd.image_processing.orientation import _orient
+from infimm_hd.image_processing.resize import _resize
+from infimm_hd.image_processing.tiling import _pad_resolution
 
 # torchvision 0.29 deprecates its image decoders (the processor uses them when present and falls back to PIL).
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -198,11 +202,11 @@ def test_random_sizes_match_reference(proc):
 def test_pad_offset_lands_on_a_whole_canvas_row():
     for width, height, available in [(1920, 1080, 896), (3000, 2000, 896), (4032, 3024, 1344), (1024, 768, 896)]:
         offset = (width - height) // 2
-        inner, per_pixel = ip._pad_resolution(offset, height, width, WS, available)
+        inner, per_pixel = _pad_resolution(offset, height, width, WS, available)
         length = height * WS / width
         assert 2 * length * 0.8 <= inner <= 4 * length and inner <= max(available, 2 * length)
         assert offset * per_pixel == pytest.approx(round(offset * per_pixel), abs=1e-9)
-    inner, _ = ip._pad_resolution(499, 1757, 4001, WS, 1344)  # no exact choice: the best of the range
+    inner, _ = _pad_resolution(499, 1757, 4001, WS, 1344)  # no exact choice: the best of the range
     assert abs(499 * inner / 1757 - round(499 * inner / 1757)) < 0.01
 
 
@@ -239,7 +243,7 @@ def test_grey_and_cmyk_jpegs_match_reference(proc, mode, size):
 def test_pil_fallback_decoder_gives_the_same_pixels(proc, monkeypatch):
     data = encode(photo("rocket", (1920, 1080)), "JPEG", quality=90)
     fast = proc.process(data)
-    monkeypatch.setattr(ip, "_decode_jpeg_torchvision", lambda data, grey: None)  # as without torchvision
+    monkeypatch.setattr(scaled_decode, "_decode_jpeg_torchvision", lambda data, grey: None)  # as without torchvision
     assert torch.equal(proc.process(data).pixel_values, fast.pixel_values)
 
 
@@ -410,8 +414,8 @@ def test_every_exif_orientation_matches_exif_transpose(proc, orientation):
     assert_close_to_reference(fast, ref)
     # The tensor orientation helper agrees with PIL's transposes pixel for pixel.
     array = np.asarray(image)
-    oriented = ip._orient(torch.from_numpy(array).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
-    expected = np.asarray(ip.ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    oriented = _orient(torch.from_numpy(array).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
     np.testing.assert_array_equal(oriented, expected)
 
 
@@ -703,7 +707,7 @@ def test_resize_order_changes_only_the_intermediate_rounding(hw, size):
     """
     x = torch.from_numpy(np.asarray(photo("astronaut", hw[::-1]))).unsqueeze(0).permute(0, 3, 1, 2)  # (1,3,h,w) CL
     one_call = torch.nn.functional.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-    got = ip._resize(x, size)
+    got = _resize(x, size)
     diff = (got.int() - one_call.int()).abs()
     vertical_first = size[0] / hw[0] < size[1] / hw[1]
     assert diff.max() <= (2 if vertical_first else 0), f"resize order changed pixels by {diff.max()} levels"
@@ -711,7 +715,7 @@ def test_resize_order_changes_only_the_intermediate_rounding(hw, size):
 
 
 def test_canvas_is_the_fill_colour_in_channels_last():
-    canvas = ip._canvas(7, 5, (122, 116, 104))
+    canvas = _canvas(7, 5, (122, 116, 104))
     expected = torch.tensor([122, 116, 104], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 7, 5)
     assert torch.equal(canvas, expected), "canvas pixels are not the fill colour"
     assert canvas.is_contiguous(memory_format=torch.channels_last), "resize's fast uint8 path wants channels-last"
