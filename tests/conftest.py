@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from transformers import AutoModelForCausalLM
 
 import infimm_hd
@@ -15,6 +15,18 @@ from infimm_hd import base_sources, presets
 
 # Sizes that plan to 1x1, 2x2 and 3x3 windows (+ thumbnail): 2, 5 and 10 crops.
 WINDOWS_TO_SIZE = {1: (448, 448), 4: (896, 896), 9: (1344, 1344), 6: (1344, 896)}
+
+
+@pytest.fixture(autouse=True)
+def pil_default_truncated_flag():
+    """Every test sees PIL's default `LOAD_TRUNCATED_IMAGES = False`.
+
+    Importing lmms-eval (the metric parity tests) sets that process-wide flag to True, which would make truncated
+    JPEGs decode and hide exactly the failures the data-preparation and image tests check for.
+    """
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    yield
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 @pytest.fixture(autouse=True)
