@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib
 import io
 import json
 import sys
@@ -21,6 +22,7 @@ from data_prep.benchmark_fixtures import closed_form as fx
 from infimm_hd.evaluation.benchmark import get_benchmark
 from infimm_hd.evaluation.runner import PREDICTIONS, SUMMARY, EvalSettings, evaluate_benchmark
 from infimm_hd.evaluation.samples import BenchmarkDataError, EvalSample
+from tests.helpers.benchmark_tests import edit_json, lmms_kwargs
 
 # benchmark -> (fixture of the official layout, fixture of the hub layout or None, questions in the fixture)
 LAYOUTS = {
@@ -237,23 +239,6 @@ def test_mmvet_fields_and_hub_copy(data):
 # ---- prompts: lmms-eval's doc_to_text on the hub rows -------------------------------------------------------------
 
 
-def lmms_kwargs(task: str, yaml_name: str) -> dict:
-    """`lmms_eval_specific_kwargs.default` of a task YAML (following `include:`), `!function` tags ignored."""
-    import yaml
-
-    lmms_eval = pytest.importorskip("lmms_eval")
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    folder = Path(lmms_eval.__file__).parent / "tasks" / task
-    config = yaml.load((folder / yaml_name).read_text(), Loader)
-    while "lmms_eval_specific_kwargs" not in config:
-        config = yaml.load((folder / config["include"]).read_text(), Loader)
-    return config["lmms_eval_specific_kwargs"]["default"]
-
-
 def lmms_docs(name: str, data: dict[str, Path]) -> tuple[list[dict], list[EvalSample]]:
     """lmms-eval's docs (the hub rows its task reads) and our samples of the same questions, in the same order."""
     if name == "mmmu":
@@ -279,14 +264,14 @@ LMMS_PROMPTS = {
 @pytest.mark.parametrize("name", sorted(LMMS_PROMPTS))
 def test_prompt_is_lmms_eval_doc_to_text(name, data):
     task, module, yaml_name, function = LMMS_PROMPTS[name]
-    utils = pytest.importorskip(f"lmms_eval.tasks.{task}.{module}")
+    utils = importlib.import_module(f"lmms_eval.tasks.{task}.{module}")
     kwargs = lmms_kwargs(task, yaml_name)
     docs, samples = lmms_docs(name, data)
     assert [text_of(name, s) for s in samples] == [getattr(utils, function)(d, kwargs) for d in docs]
 
 
 def test_mmmu_shows_the_images_lmms_eval_shows(data):
-    utils = pytest.importorskip("lmms_eval.tasks.mmmu.utils")
+    utils = importlib.import_module("lmms_eval.tasks.mmmu.utils")
     docs, samples = lmms_docs("mmmu", data)
     for doc, s in zip(docs, samples, strict=True):
         opened = {k: Image.open(io.BytesIO(v["bytes"])) if v else None for k, v in doc.items() if k.startswith("image")}
@@ -321,7 +306,7 @@ def scored(name: str, samples: list[EvalSample], predictions: list[str]) -> list
 
 
 def test_scienceqa_scores_as_lmms_eval(data):
-    utils = pytest.importorskip("lmms_eval.tasks.scienceqa.utils")
+    utils = importlib.import_module("lmms_eval.tasks.scienceqa.utils")
     docs, samples = lmms_docs("scienceqa-img", data)
     predictions = ["A", "b", "C. Samoa", "Maine", "The answer is B", " A ", "B.", "a.", "D", "A", "B", "C"]
     ours = [get_benchmark("scienceqa-img").score(s, p)["accuracy"] for s, p in zip(samples, predictions, strict=True)]
@@ -349,7 +334,7 @@ def test_scienceqa_summary_breakdowns():
 
 
 def test_mmbench_circular_accuracy_matches_lmms_eval_static(data):
-    en_utils = pytest.importorskip("lmms_eval.tasks.mmbench.en_utils")
+    en_utils = importlib.import_module("lmms_eval.tasks.mmbench.en_utils")
     docs, samples = lmms_docs("mmbench", data)
     # group 0 (4 rotations): all right; group 1: one rotation wrong; group 2: right, in words; groups 3-5: mixed
     right = {s.qid: s.references[0] for s in samples}
@@ -393,7 +378,7 @@ def test_mmbench_summary_by_hand():
 
 
 def test_mmmu_scores_match_lmms_eval_and_official_summary(data):
-    utils = pytest.importorskip("lmms_eval.tasks.mmmu.utils")
+    utils = importlib.import_module("lmms_eval.tasks.mmmu.utils")
     docs, samples = lmms_docs("mmmu", data)
     # <Subject>_1: C of 3 options, _2: open (12.5), _3: A of 2; answers every parser reads without its random guess
     answers = {
@@ -429,7 +414,7 @@ def test_mmmu_list_answers_are_alternatives():
 
 
 def test_mme_scores_and_totals_match_lmms_eval(data):
-    utils = pytest.importorskip("lmms_eval.tasks.mme.utils")
+    utils = importlib.import_module("lmms_eval.tasks.mme.utils")
     docs, samples = lmms_docs("mme", data)
     predictions = ["Yes", "No", "yes.", "Yes", "No, it is not.", "no", "Y", "N", "Yes", "maybe", "No", "No"]
     ours = scored("mme", samples, predictions)
@@ -446,7 +431,7 @@ def test_mme_scores_and_totals_match_lmms_eval(data):
 
 
 def test_pope_metrics_by_hand_and_as_lmms_eval(data):
-    utils = pytest.importorskip("lmms_eval.tasks.pope.utils")
+    utils = importlib.import_module("lmms_eval.tasks.pope.utils")
     samples = load("pope", data["pope"])[:4]  # adversarial: yes, no, yes, no
     predictions = ["Yes, there is.", "yes", "No", "no"]
     records = scored("pope", samples, predictions)
@@ -515,12 +500,6 @@ def test_mmvet_is_not_scored_and_writes_the_submission_file(data, tmp_path):
 
 
 # ---- bad input: the file and the field are named ---------------------------------------------------------------
-
-
-def edit_json(path: Path, edit) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
 
 
 def test_scienceqa_bad_files(tmp_path):

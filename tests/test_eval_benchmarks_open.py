@@ -1,10 +1,11 @@
 """The open-ended benchmarks (VQAv2, OK-VQA, TextVQA, DocVQA, InfographicVQA, ChartQA, GQA, OCR-VQA, ST-VQA): each
 read from a tiny copy in its published layout (`data_prep.benchmark_fixtures.open_ended`) and from lmms-eval's hub
-layout, prompted and scored exactly as lmms-eval 0.7.3 does (its own functions are the reference where importable),
+layout, prompted and scored exactly as lmms-eval 0.7.3 does (its own functions are the reference),
 with bad files reported by file and field, and run end to end with the tiny model."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from data_prep.benchmark_fixtures import open_ended as fx
 from infimm_hd.evaluation.benchmark import get_benchmark
 from infimm_hd.evaluation.runner import PREDICTIONS, SUMMARY, EvalSettings, evaluate_benchmark
 from infimm_hd.evaluation.samples import BenchmarkDataError, EvalSample
+from tests.helpers.benchmark_tests import edit_json, lmms_kwargs
 
 # benchmark -> (fixture of the official layout, fixture of the hub layout or None)
 LAYOUTS = {
@@ -189,23 +191,6 @@ def test_hub_snapshot_roots(data, tmp_path):
 # ---- prompts: lmms-eval's doc_to_text --------------------------------------------------------------------------------
 
 
-def lmms_kwargs(task: str, yaml_name: str) -> dict:
-    """`lmms_eval_specific_kwargs.default` of a task YAML (following `include:`), `!function` tags ignored."""
-    import yaml
-
-    lmms_eval = pytest.importorskip("lmms_eval")
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    folder = Path(lmms_eval.__file__).parent / "tasks" / task
-    config = yaml.load((folder / yaml_name).read_text(), Loader)
-    while "lmms_eval_specific_kwargs" not in config:
-        config = yaml.load((folder / config["include"]).read_text(), Loader)
-    return config["lmms_eval_specific_kwargs"]["default"]
-
-
 def raw_docs(name: str, path: Path) -> list[dict]:
     """The fixture's records as lmms-eval's docs (the hub rows hold the same fields)."""
     if name in fx.VQA_FILES:
@@ -239,7 +224,7 @@ LMMS_PROMPTS = {
 @pytest.mark.parametrize("name", sorted(LMMS_PROMPTS))
 def test_prompt_is_lmms_eval_doc_to_text(name, data):
     task, yaml_name, function = LMMS_PROMPTS[name]
-    utils = pytest.importorskip(f"lmms_eval.tasks.{task}.utils")
+    utils = importlib.import_module(f"lmms_eval.tasks.{task}.utils")
     kwargs = lmms_kwargs(task, yaml_name)
     samples = load(name, data[LAYOUTS[name][0]])
     docs = raw_docs(name, data[LAYOUTS[name][0]])
@@ -337,7 +322,7 @@ def lmms_score(name: str, doc: dict, s: EvalSample, prediction: str) -> float:
 
 @pytest.mark.parametrize("name", sorted(LMMS_PROMPTS))
 def test_scores_equal_lmms_eval(name, data):
-    pytest.importorskip(f"lmms_eval.tasks.{LMMS_PROMPTS[name][0]}.utils")
+    importlib.import_module(f"lmms_eval.tasks.{LMMS_PROMPTS[name][0]}.utils")
     path = data[LAYOUTS[name][0]]
     samples = load(name, path)
     docs = raw_docs(name, path)
@@ -440,12 +425,6 @@ def test_gqa_and_ocrvqa_summaries():
 
 
 # ---- bad input: the file and the field are named ---------------------------------------------------------------
-
-
-def edit_json(path: Path, edit) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
 
 
 def first_val_cover(data: dict) -> dict:
