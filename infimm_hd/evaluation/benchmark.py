@@ -41,6 +41,15 @@ def mean_by(records: Sequence[dict[str, Any]], score: str, group: str | None = N
     return out
 
 
+def grouped_means(records: Sequence[dict[str, Any]], score: str, groups: Sequence[str]) -> dict[str, float]:
+    """`mean_by` overall and per value of each `meta` field in `groups`, keyed `"{score}/{group}/{value}"`."""
+    out = mean_by(records, score)
+    for group in groups:
+        by_value = mean_by(records, score, group)
+        out |= {f"{score}/{group}/{key.split('/', 1)[1]}": v for key, v in by_value.items() if key != score}
+    return out
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark.

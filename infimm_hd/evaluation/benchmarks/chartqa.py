@@ -26,7 +26,7 @@ from typing import Any
 from ..benchmark import Benchmark, image_then_text, mean_by, register
 from ..metrics.relaxed_accuracy import relaxed_accuracy
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import hub_files, hub_rows, inline_image, read_json
+from .release_files import hub_files, hub_rows, inline_image, read_json
 
 INSTRUCTION = "\nAnswer the question with a single word."
 SPLITS = (("human_test", "test_human.json"), ("augmented_test", "test_augmented.json"))

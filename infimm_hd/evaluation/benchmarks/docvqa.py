@@ -30,7 +30,7 @@ from typing import Any
 from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, mean_by, register
 from ..metrics.anls import anls
 from ..samples import EvalSample, existing_image, require
-from .vqav2 import first_existing, hub_files, hub_rows, inline_image, read_json
+from .release_files import first_existing, hub_files, hub_rows, inline_image, read_json
 
 DOCVQA_FILES = ("val_v1.0.json", "val_v1.0_withQT.json")
 INFOVQA_FILES = ("infographicsVQA_val_v1.0_withQT.json",)

@@ -23,10 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, register
+from ..benchmark import SHORT_ANSWER, Benchmark, grouped_means, image_then_text, register
 from ..metrics.exact_match import gqa_accuracy
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import grouped_means, hub_files, hub_rows, inline_image, read_json
+from .release_files import hub_files, hub_rows, inline_image, read_json
 
 QUESTIONS = "testdev_balanced_questions.json"
 HUB_QUESTIONS = "testdev_balanced_instructions"

@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import Benchmark, image_then_text, register
+from ..benchmark import Benchmark, grouped_means, image_then_text, register
 from ..metrics.exact_match import exact_match
 from ..metrics.multiple_choice import mmbench_can_infer_option
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import grouped_means, hub_files, hub_rows, inline_image, read_json
+from .release_files import hub_files, hub_rows, inline_image, read_json
 
 TASKS = ("choose_txt", "choose_img", "fill_in_blank")
 LETTERS = "ABCDEFGH"

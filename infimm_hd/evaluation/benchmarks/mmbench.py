@@ -35,7 +35,7 @@ from typing import Any
 from ..benchmark import LETTER_ANSWER, Benchmark, image_then_text, register
 from ..metrics.multiple_choice import mmbench_extract_answer
 from ..samples import BenchmarkDataError, EvalSample, require
-from .vqav2 import hub_files, hub_rows, inline_image
+from .release_files import hub_files, hub_rows, inline_image
 
 TSV = "MMBench_DEV_EN.tsv"
 FIELDS = ("index", "question", "hint", "A", "B", "answer", "category", "image")

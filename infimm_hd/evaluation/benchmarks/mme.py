@@ -29,7 +29,7 @@ from typing import Any
 from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, register
 from ..metrics.mme import parse_pred_ans
 from ..samples import BenchmarkDataError, EvalSample, existing_image
-from .vqav2 import hub_files, hub_rows, inline_image
+from .release_files import hub_files, hub_rows, inline_image
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")

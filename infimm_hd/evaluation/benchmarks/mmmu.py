@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import LETTER_ANSWER, SHORT_ANSWER, Benchmark, register
+from ..benchmark import LETTER_ANSWER, SHORT_ANSWER, Benchmark, grouped_means, register
 from ..metrics.multiple_choice import (
     eval_multi_choice,
     eval_open,
@@ -40,7 +40,7 @@ from ..metrics.multiple_choice import (
     parse_open_response,
 )
 from ..samples import BenchmarkDataError, EvalSample
-from .vqav2 import grouped_means, hub_files, hub_rows, inline_image
+from .release_files import hub_files, hub_rows, inline_image
 
 FIELDS = ("id", "question", "options", "answer", "question_type")
 IMAGE_TAG = re.compile(r"<image (\d+)>")

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..benchmark import Benchmark, image_then_text, register
 from ..samples import EvalSample, existing_image, require
-from .vqav2 import hub_files, hub_rows, inline_image, read_json
+from .release_files import annotations_or_hub, hub_rows, inline_image, read_json
 
 ANNOTATIONS = "mm-vet.json"
 PRE_PROMPT = (  # mmvet.yaml lmms_eval_specific_kwargs.default.pre_prompt
@@ -65,12 +65,7 @@ def load_hub(files: Sequence[Path]) -> list[EvalSample]:
 
 def load(path: Path) -> list[EvalSample]:
     """mm-vet.json (or its folder) beside images/; else the hub parquet copy."""
-    if path.suffix == ".json":
-        return load_official(path)
-    if (path / ANNOTATIONS).is_file():
-        return load_official(path / ANNOTATIONS)
-    files = hub_files(path, "test")
-    return load_hub(files) if files else load_official(path / ANNOTATIONS)
+    return annotations_or_hub(path, ANNOTATIONS, "test", load_official, load_hub)
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, float]:

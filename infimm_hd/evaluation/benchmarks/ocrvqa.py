@@ -22,7 +22,7 @@ from pathlib import Path
 from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, mean_by, register
 from ..metrics.exact_match import exact_match
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import read_json
+from .release_files import read_json
 
 ANNOTATIONS = "dataset.json"
 SPLIT_CODES = {"ocrvqa": 2, "ocrvqa-test": 3}

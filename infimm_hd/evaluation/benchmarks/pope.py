@@ -29,7 +29,7 @@ from typing import Any
 from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, register
 from ..metrics.pope import pope_parse_answer
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import hub_files, hub_rows, inline_image
+from .release_files import hub_files, hub_rows, inline_image
 
 SPLITS = ("adversarial", "popular", "random")
 FILE = "coco_pope_{}.json"

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import LETTER_ANSWER, Benchmark, image_then_text, register
+from ..benchmark import LETTER_ANSWER, Benchmark, grouped_means, image_then_text, register
 from ..metrics.multiple_choice import scienceqa_match
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import grouped_means, hub_files, hub_rows, inline_image, read_json
+from .release_files import hub_files, hub_rows, inline_image, read_json
 
 PROBLEMS = "problems.json"
 SPLITS = "pid_splits.json"

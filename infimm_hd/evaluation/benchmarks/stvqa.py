@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, register
+from ..benchmark import SHORT_ANSWER, Benchmark, grouped_means, image_then_text, register
 from ..metrics.anls import anls
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
-from .vqav2 import first_existing, grouped_means, hub_files, hub_rows, inline_image, read_json
+from .release_files import first_existing, hub_files, hub_rows, inline_image, read_json
 
 FILES = ("train_task_3.json", "test_task_3.json")
 

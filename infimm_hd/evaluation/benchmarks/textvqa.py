@@ -23,7 +23,7 @@ from typing import Any
 from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, mean_by, register
 from ..metrics.vqa_accuracy import vqa_accuracy
 from ..samples import EvalSample, existing_image, require
-from .vqav2 import hub_files, hub_rows, inline_image, read_json
+from .release_files import annotations_or_hub, hub_rows, inline_image, read_json
 
 ANNOTATIONS = "TextVQA_0.5.1_val.json"
 IMAGES = "train_images"
@@ -54,12 +54,7 @@ def load_hub(files: Sequence[Path]) -> list[EvalSample]:
 
 def load(path: Path) -> list[EvalSample]:
     """`TextVQA_0.5.1_val.json` (or its folder) beside `train_images/`; else the hub parquet copy."""
-    if path.suffix == ".json":
-        return load_official(path)
-    if (path / ANNOTATIONS).is_file():
-        return load_official(path / ANNOTATIONS)
-    files = hub_files(path, "validation")
-    return load_hub(files) if files else load_official(path / ANNOTATIONS)
+    return annotations_or_hub(path, ANNOTATIONS, "validation", load_official, load_hub)
 
 
 def prompt(sample: EvalSample) -> list[dict[str, Any]]:

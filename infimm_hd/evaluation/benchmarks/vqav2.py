@@ -20,20 +20,18 @@ over the 10 leave-one-out subsets); VQAv2 normalises as lmms-eval's `vqav2_proce
 digits, articles), OK-VQA with the full EvalAI answer processor (`ok_vqa_process_results`). The summary adds the
 official `vqaEval.py` breakdowns: per answer type and per question type.
 
-The small readers at the end (JSON, hub parquet, inline images, grouped means) are shared by the other open-ended
-benchmark modules of this package.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmark import SHORT_ANSWER, Benchmark, image_then_text, mean_by, register
+from ..benchmark import SHORT_ANSWER, Benchmark, grouped_means, image_then_text, register
 from ..metrics.vqa_accuracy import vqa_accuracy
 from ..samples import BenchmarkDataError, EvalSample, existing_image, require
+from .release_files import first_existing, hub_files, hub_rows, inline_image, read_json
 
 OKVQA_INSTRUCTION = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT_ANSWER
 
@@ -46,74 +44,6 @@ FILES = {
 NORMALIZATION = {"vqav2": "lmms-vqav2", "okvqa": "evalai"}
 PAPER = {"vqav2": "82.0 (13B, MODEL_CARD.md)", "okvqa": "65.5 (13B, MODEL_CARD.md)"}
 IMAGE_DIRS = ("val2014", "Images/val2014", "Images/mscoco/val2014")
-
-
-# ---- readers shared by the open-ended benchmarks -------------------------------------------------------------------
-
-
-def read_json(path: Path) -> Any:
-    """The parsed file, or a `BenchmarkDataError` naming it when it is missing or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchmarkDataError(path, "does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BenchmarkDataError(path, f"is not JSON ({err})") from None
-
-
-def first_existing(folder: Path, names: Sequence[str]) -> Path | None:
-    """The first `folder / name` that exists (file or folder), else None."""
-    return next((folder / n for n in names if (folder / n).exists()), None)
-
-
-def hub_files(path: Path, split: str) -> list[Path]:
-    """The parquet files of one split of a hub snapshot: `path` itself if it is a `.parquet` file, else every
-    `<split>-*.parquet` (the uploaded layout) or `<split>/*.parquet` (the parquet-converter layout) under it."""
-    if path.is_file():
-        return [path] if path.suffix == ".parquet" else []
-    if not path.is_dir():
-        return []
-    return sorted(set(path.rglob(f"{split}-*.parquet")) | set(path.rglob(f"{split}/*.parquet")))
-
-
-def hub_rows(files: Sequence[Path], columns: Sequence[str]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
-    """(file, row number, row) over the files, in order, read a few hundred rows at a time (hub copies repeat the
-    image bytes per question, so a whole table at once can be many times the images' size); a file without one of
-    `columns` is a `BenchmarkDataError` naming the column."""
-    import pyarrow.parquet as pq
-
-    for file in files:
-        try:
-            table = pq.ParquetFile(file)
-        except Exception as err:  # noqa: BLE001 - any reader failure means the file is not the parquet expected
-            raise BenchmarkDataError(file, f"is not a parquet file ({err})") from None
-        names = table.schema_arrow.names
-        for column in columns:
-            if column not in names:
-                raise BenchmarkDataError(file, f"has no field {column!r} (columns: {names})")
-        number = 0
-        for batch in table.iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                yield file, number, row
-                number += 1
-
-
-def inline_image(value: Any, source: Path, where: str, field_name: str = "image") -> bytes:
-    """The encoded bytes of a hub image cell (the `datasets` Image feature stores {"bytes", "path"})."""
-    if isinstance(value, dict):
-        value = value.get("bytes")
-    if isinstance(value, bytes | bytearray) and value:
-        return bytes(value)
-    raise BenchmarkDataError(source, f"{where} field {field_name!r} holds no image bytes")
-
-
-def grouped_means(records: Sequence[dict[str, Any]], score: str, groups: Sequence[str]) -> dict[str, float]:
-    """`mean_by` overall and per value of each `meta` field in `groups`, keyed `"{score}/{group}/{value}"`."""
-    out = mean_by(records, score)
-    for group in groups:
-        by_value = mean_by(records, score, group)
-        out |= {f"{score}/{group}/{key.split('/', 1)[1]}": v for key, v in by_value.items() if key != score}
-    return out
 
 
 # ---- VQAv2 / OK-VQA ------------------------------------------------------------------------------------------------
