@@ -17,7 +17,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 	# lmms-eval's own scorers, which the metric parity tests run side by side with ours. --no-deps: its full
 	# install pulls latex2sympy2, whose top-level `tests` package shadows this repository's tests.
 	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3
-	$(BIN)/pip install -q loguru sacrebleu evaluate pytz tenacity
+	# What lmms-eval 0.7.3 imports on the paths we run (its metrics, and `python -m lmms_eval` for the adapter
+	# test); filelock<4 because it imports filelock._api, which filelock 4 removed.
+	$(BIN)/pip install -q loguru sacrebleu evaluate pytz tenacity pytablewriter "filelock<4"
 	touch $@
 
 demo: $(BIN)/.installed
