@@ -13,17 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infimm_hd.training.trainable import TrainableSpec
-from stages.common import StageSpec, run_stage
+from stages.common import STAGES, run_stage
 
-SPEC = StageSpec(
-    number=1,
-    name="pretraining",
-    window_size=224,
-    max_windows=0,
-    trainable=TrainableSpec(cross_attention=True),
-    data=("caption",),
-)
+SPEC = STAGES[1]  # infimm_hd.training.recipe: resolution, window budget, what trains, data
 
 
 def main(argv: list[str] | None = None) -> Path:

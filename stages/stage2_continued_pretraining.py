@@ -11,17 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infimm_hd.training.trainable import TrainableSpec
-from stages.common import StageSpec, run_stage
+from stages.common import STAGES, run_stage
 
-SPEC = StageSpec(
-    number=2,
-    name="continued pretraining",
-    window_size=448,
-    max_windows=0,
-    trainable=TrainableSpec(cross_attention=True, vision_tower=True),
-    data=("caption", "vqa"),
-)
+SPEC = STAGES[2]  # infimm_hd.training.recipe: resolution, window budget, what trains, data
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -12,17 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infimm_hd.training.trainable import TrainableSpec
-from stages.common import StageSpec, run_stage
+from stages.common import STAGES, run_stage
 
-SPEC = StageSpec(
-    number=4,
-    name="instruction fine-tuning",
-    window_size=448,
-    max_windows=9,
-    trainable=TrainableSpec(cross_attention=True, language_model=True, embeddings=True),
-    data=("vqa", "cot"),
-)
+SPEC = STAGES[4]  # infimm_hd.training.recipe: resolution, window budget, what trains, data
 
 
 def main(argv: list[str] | None = None) -> Path:
