@@ -45,6 +45,7 @@ bench: $(BIN)/.installed
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_session.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_server.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_rlhf_memory.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_planner.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

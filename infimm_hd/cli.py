@@ -84,6 +84,7 @@ COMMANDS = {
     "demo": (_demo, "run the embedded default (offline, CPU)"),
     "convert-official": (_convert, "convert the published InfiMM-HD checkpoint (legacy .bin, safe loading)"),
     "plan": (_plan, "print the tiling plan of an image size"),
+    "plan-train": (_lazy("infimm_hd.planning.command"), "per-GPU memory, FLOPs and step time of a training stage"),
 }
 
 

@@ -50,7 +50,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     ),
     2: ("modeling",),  # the model
     3: ("presets", "auto_registration", "convert_official", "paper_card"),  # assembling and registering models
-    4: ("inference", "training", "objectives", "evaluation"),  # workflows over a model
+    4: ("inference", "training", "objectives", "evaluation", "planning"),  # workflows over a model
     5: ("serving", "cli", "demo", ""),  # front ends; "" is the `infimm_hd` facade (__init__.py)
 }
 FLOOR_NAMES = {0: "foundation", 1: "components", 2: "model", 3: "assembly", 4: "workflows", 5: "front ends"}

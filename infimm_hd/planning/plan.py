@@ -1,0 +1,344 @@
+"""`plan_train`: what one GPU holds and does in a training step of a stage, under a sharding strategy.
+
+Inputs: a preset, a stage of the recipe (`training.recipe`: what trains, window, window budget), the world size, the
+strategy, the micro-batch, the text length T, the crops per image K, checkpointing, dtype and a GPU. Outputs, per
+GPU: memory by component, model FLOPs per step, step time and tokens/s at a given MFU, and the bytes a step
+communicates.
+
+Where the numbers come from:
+* parameters, gradients, optimizer states: counted on the model built on the meta device (or the preset itself),
+  by trainable group, and divided as the strategy shards them (table below). Parameters are stored in float32 (what
+  the loop trains: bf16 is autocast or FSDP2's compute dtype), gradients float32, AdamW two float32 moments;
+* activations, working memory, FLOPs: the unit shape laws that `probe.probe_unit_laws` measures on this machine
+  (a reduced-depth copy at full width), times the unit counts and the micro-batch, combined by
+  `probe.step_high_water`. Traced in float32: a bf16 plan counts activations and working memory at half;
+* FLOPs count attention in full (as FlopCounterMode and the PaLM MFU convention do). Model FLOPs exclude
+  checkpointing's recomputation; step time = model FLOPs / (peak x MFU).
+
+| strategy | parameters | gradients | optimizer | also held per GPU |
+|---|---|---|---|---|
+| ddp | whole | whole (+ a bucket copy) | whole | |
+| zero2 | whole | / W | / W | |
+| zero3 | / W | / W | / W | the two largest layers gathered (current + prefetch), in the compute dtype |
+| fsdp2 | / W | / W | / W | as zero3, plus the root unit (the vision tower, see launch/) gathered |
+| fsdp2-hybrid | / node | / node | / node | as fsdp2 |
+
+FSDP2 accumulates *unsharded* gradients across micro-batches (the loop syncs only on the last one, and FSDP2's
+`set_requires_gradient_sync(False)` keeps full gradients): with accumulation > 1 the gradients are whole there.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+
+from ..modeling import decoder_layers
+from ..training.recipe import PAPER, SMALL, STAGES, Hyperparameters, StageSpec
+from ..training.trainable import TrainableSpec, apply_trainable, parameter_groups  # noqa: F401 - cache key type
+from .hardware import USABLE_FRACTION, GpuSpec, gpu
+from .probe import REPEATED, UnitCosts, UnitLaws, cached_unit_laws, forward_order, step_high_water, unit_modules
+
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2", "fsdp2-hybrid")
+PRESETS = ("tiny", "smollm2-135m", "paper-13b")
+BYTES = {"bf16": 2, "fp32": 4}
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made; the message says why and what would work."""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """One stage on one cluster shape. None = the stage's own value: T = its max length, K = its window budget + 1,
+    checkpointing, global batch and accumulation as the recipe sets them (Table 8 for paper-13b)."""
+
+    preset: str
+    stage: int
+    world_size: int = 8
+    strategy: str = "fsdp2"
+    micro_batch: int | None = None
+    text_tokens: int | None = None
+    crops: int | None = None
+    gradient_checkpointing: bool | None = None
+    dtype: str = "bf16"
+    gpu: str = "h100"
+    mfu: float = 0.4
+    gpus_per_node: int = 8
+    global_batch: int | None = None
+    grad_accumulation: int | None = None
+
+
+@dataclass
+class Plan:
+    request: PlanRequest
+    gpu: GpuSpec
+    micro_batch: int
+    grad_accumulation: int
+    global_batch: int
+    text_tokens: int
+    crops: int
+    gradient_checkpointing: bool
+    memory: dict[str, float] = field(default_factory=dict)  # component -> bytes per GPU (they add up to the peak)
+    shares: dict[str, float] = field(default_factory=dict)  # parts of the above (vision tower, cross-attention)
+    peak_bytes: float = 0.0
+    model_flops: float = 0.0  # per GPU per optimizer step
+    hardware_flops: float = 0.0
+    step_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    communication: dict[str, float] = field(default_factory=dict)  # bytes per GPU per optimizer step
+    communication_seconds: float = 0.0
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= USABLE_FRACTION * self.gpu.memory_bytes
+
+
+# -- model facts -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Parameter counts and unit layout of a preset, for one trainable set."""
+
+    config: object
+    total_params: int
+    trainable_params: int
+    group_params: dict[str, int]
+    order: tuple[str, ...]  # unit kinds in forward order
+    unit_counts: dict[str, int]
+    largest_unit_params: int  # the largest FSDP2 / ZeRO-3 gather (a decoder layer or a cross-attention block)
+    vision_params: int
+    cross_attention_params: int
+
+
+@functools.lru_cache(maxsize=32)
+def model_facts(preset: str, trainable: TrainableSpec) -> ModelFacts:
+    from ..presets import build_model
+
+    if preset not in PRESETS:
+        raise PlanError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    model, _ = build_model(preset, device="meta") if preset == "paper-13b" else build_model(preset)
+    apply_trainable(model, trainable)
+    params = dict(model.named_parameters())
+    groups: dict[str, int] = {}
+    for name, group in parameter_groups(model).items():
+        groups[group] = groups.get(group, 0) + params[name].numel()
+    units = unit_modules(model, trainable)
+    gathered = []
+    for layer in decoder_layers(model.language_model):
+        gathered.append(getattr(layer, "decoder_layer", layer))
+        if hasattr(layer, "cross_attn"):
+            gathered.append(layer.cross_attn)
+    return ModelFacts(
+        config=model.config,
+        total_params=sum(p.numel() for p in params.values()),
+        trainable_params=sum(p.numel() for p in params.values() if p.requires_grad),
+        group_params=groups,
+        order=tuple(forward_order(units)),
+        unit_counts={k: sum(1 for v in units.values() if v == k) for k in REPEATED},
+        largest_unit_params=max(sum(p.numel() for p in m.parameters()) for m in gathered),
+        vision_params=groups.get("vision_tower", 0),
+        cross_attention_params=groups.get("cross_attention", 0),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def stage_laws(preset: str, stage: int, gradient_checkpointing: bool) -> UnitLaws:
+    spec = STAGES[stage]
+    facts = model_facts(preset, spec.trainable)
+    return cached_unit_laws(
+        facts.config, spec.trainable, spec.window_size, gradient_checkpointing, windows=spec.max_windows > 0
+    )
+
+
+# -- the plan --------------------------------------------------------------------------------------------------------
+
+
+def _stage(request: PlanRequest) -> tuple[StageSpec, Hyperparameters]:
+    if request.stage not in STAGES:
+        raise PlanError(f"stage {request.stage} does not exist; the recipe has stages {sorted(STAGES)}")
+    table = PAPER if request.preset == "paper-13b" else SMALL
+    return STAGES[request.stage], table[request.stage]
+
+
+def _batching(request: PlanRequest, hp: Hyperparameters) -> tuple[int, int, int]:
+    """(micro-batch, accumulation, global batch), checked to multiply out."""
+    global_batch = request.global_batch or hp.global_batch
+    accumulation = request.grad_accumulation or hp.grad_accumulation
+    if request.micro_batch is not None:
+        micro = request.micro_batch
+        if request.grad_accumulation is None and request.global_batch is None:
+            accumulation = max(1, global_batch // (micro * request.world_size))
+        global_batch = request.global_batch or micro * accumulation * request.world_size
+    else:
+        micro, remainder = divmod(global_batch, accumulation * request.world_size)
+        if remainder or micro == 0:
+            options = [a for a in range(1, global_batch + 1) if global_batch % (a * request.world_size) == 0]
+            hint = f"accumulation {options[:6]} divides it" if options else "no accumulation divides it"
+            raise PlanError(
+                f"global batch {global_batch} is not a whole number of micro-batches on {request.world_size} GPUs "
+                f"with accumulation {accumulation}; {hint}, or pick a world size dividing {global_batch}"
+            )
+    if micro * accumulation * request.world_size != global_batch:
+        raise PlanError(
+            f"micro-batch {micro} x accumulation {accumulation} x {request.world_size} GPUs = "
+            f"{micro * accumulation * request.world_size}, not the global batch {global_batch}"
+        )
+    return micro, accumulation, global_batch
+
+
+def _check(request: PlanRequest) -> GpuSpec:
+    if request.strategy not in STRATEGIES:
+        raise PlanError(f"unknown strategy {request.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if request.dtype not in BYTES:
+        raise PlanError(f"dtype {request.dtype!r}: choose bf16 or fp32")
+    if request.world_size < 1 or (
+        request.strategy == "fsdp2-hybrid" and request.world_size % request.gpus_per_node != 0
+    ):
+        raise PlanError(
+            f"world size {request.world_size} must be a positive multiple of {request.gpus_per_node} GPUs per node "
+            "for fsdp2-hybrid"
+        )
+    if not 0 < request.mfu <= 1:
+        raise PlanError(f"mfu {request.mfu} must be in (0, 1]")
+    try:
+        return gpu(request.gpu)
+    except ValueError as err:
+        raise PlanError(str(err)) from None
+
+
+def plan_train(request: PlanRequest) -> Plan:
+    """The plan of one request (see the module docstring); a `PlanError` for an impossible request."""
+    device = _check(request)
+    spec, hp = _stage(request)
+    micro, accumulation, global_batch = _batching(request, hp)
+    text = request.text_tokens or hp.max_length
+    crops = request.crops or spec.max_windows + 1
+    if spec.max_windows == 0 and crops != 1:
+        raise PlanError(f"stage {spec.number} sees thumbnails only (1 crop per image), not {crops}")
+    checkpointing = (
+        spec.gradient_checkpointing if request.gradient_checkpointing is None else request.gradient_checkpointing
+    )
+    facts = model_facts(request.preset, spec.trainable)
+    laws = stage_laws(request.preset, request.stage, checkpointing)
+    plain = laws if not checkpointing else stage_laws(request.preset, request.stage, False)
+
+    world, strategy = request.world_size, request.strategy
+    shard = {"ddp": 1, "zero2": 1, "zero3": world, "fsdp2": world, "fsdp2-hybrid": request.gpus_per_node}[strategy]
+    state_shard = 1 if strategy == "ddp" else shard if strategy != "zero2" else world
+    fsdp = strategy.startswith("fsdp2")
+    grad_shard = 1 if (fsdp and accumulation > 1) else state_shard
+    compute = BYTES[request.dtype]
+    scale = micro * compute / 4  # per-sample float32 traces -> this micro-batch in the compute dtype
+
+    grad_total = facts.trainable_params * 4.0
+    per_kind_grads = {k: laws.grad_bytes.get(k, 0.0) for k in REPEATED}
+    rest_grads = grad_total - sum(per_kind_grads[k] * facts.unit_counts[k] for k in REPEATED)
+    measured = laws.costs(text, crops)
+
+    def cost(kind: str) -> UnitCosts:
+        c = measured(kind)
+        grads = rest_grads if kind == "rest" else per_kind_grads[kind]
+        return UnitCosts(c.retained_bytes * scale, c.forward_work * scale, c.backward_work * scale, grads / grad_shard)
+
+    dynamic = step_high_water(
+        list(facts.order), cost, laws.head_work(text, crops) * scale, laws.stem_work(text, crops) * scale
+    )
+    activations = cost("rest").retained_bytes + sum(cost(k).retained_bytes * facts.unit_counts[k] for k in REPEATED)
+    gradients = grad_total / grad_shard
+    memory = {
+        "parameters (fp32)": facts.total_params * 4.0 / shard,
+        "gradients (fp32)": gradients,
+        "optimizer states (AdamW, fp32)": facts.trainable_params * 8.0 / state_shard,
+    }
+    if strategy == "ddp":
+        memory["DDP gradient buckets"] = grad_total
+    if strategy in ("zero3", "fsdp2", "fsdp2-hybrid") and shard > 1:
+        memory["gathered layers (current + prefetch)"] = 2.0 * facts.largest_unit_params * compute
+    if fsdp and shard > 1:
+        memory["gathered root unit (vision tower)"] = facts.vision_params * compute
+    memory["activations (micro-batch)"] = activations
+    memory["working memory (backward, loss chunk)"] = max(0.0, dynamic - activations - gradients)
+    shares = {
+        "activations of the vision tower": cost("vision_block").retained_bytes * facts.unit_counts["vision_block"],
+        "activations of the cross-attention": sum(
+            cost(k).retained_bytes * facts.unit_counts[k] for k in ("first_cross_attention", "cross_attention")
+        ),
+        "logits / loss chunk": laws.head_work(text, crops) * scale,
+    }
+
+    def flops(of: UnitLaws) -> float:
+        per_sample = of.flops["rest"](text, crops) + sum(
+            of.flops[k](text, crops) * facts.unit_counts[k] for k in REPEATED
+        )
+        return per_sample * micro * accumulation
+
+    plan = Plan(
+        request, device, micro, accumulation, global_batch, text, crops, checkpointing, memory, shares,
+        peak_bytes=sum(memory.values()), model_flops=flops(plain), hardware_flops=flops(laws),
+    )  # fmt: skip
+    plan.step_seconds = plan.model_flops / (device.peak_flops(request.dtype) * request.mfu)
+    plan.tokens_per_second = global_batch * text / plan.step_seconds
+    plan.communication = _communication(facts, request, accumulation, compute)
+    nodes = max(1, world // request.gpus_per_node)
+    bandwidth = (device.inter_node_gbs if nodes > 1 else device.intra_node_gbs) * 1e9
+    plan.communication_seconds = sum(plan.communication.values()) / bandwidth
+    return plan
+
+
+def _communication(facts: ModelFacts, request: PlanRequest, accumulation: int, compute: int) -> dict[str, float]:
+    """Bytes each GPU sends per optimizer step (ring collectives: (n-1)/n of the buffer)."""
+    world, strategy = request.world_size, request.strategy
+    if world == 1:
+        return {}
+    grads = facts.trainable_params * 4.0
+    ring = (world - 1) / world
+    if strategy == "ddp":
+        return {"all-reduce gradients": 2 * ring * grads}
+    if strategy == "zero2":
+        return {"reduce-scatter gradients": ring * grads, "all-gather updated parameters": ring * grads}
+    group = world if strategy != "fsdp2-hybrid" else request.gpus_per_node
+    ring = (group - 1) / group
+    # Every micro-batch gathers each unit for its forward and, resharded after it, again for its backward; FSDP2's
+    # root unit (the vision tower) stays gathered from forward to backward.
+    regathered = facts.total_params - (facts.vision_params if strategy.startswith("fsdp2") else 0)
+    out = {
+        "all-gather parameters (forward + backward)": ring * (facts.total_params + regathered) * compute * accumulation,
+        "reduce-scatter gradients": ring * grads * (1 if strategy.startswith("fsdp2") else accumulation),
+    }
+    if strategy == "fsdp2-hybrid" and world > group:
+        replicas = world // group
+        out["all-reduce shards across nodes"] = 2 * (replicas - 1) / replicas * grads / group
+    return out
+
+
+# -- the nearest plan that fits ----------------------------------------------------------------------------------------
+
+
+def nearest_fit(request: PlanRequest) -> Plan | None:
+    """The closest plan that fits: first checkpointing, then a stronger sharding, then smaller micro-batches (more
+    accumulation, the same global batch), in that order of preference; None if nothing does."""
+    base = plan_train(request)
+    if base.fits:
+        return base
+    stronger = {"ddp": ["zero2", "fsdp2"], "zero2": ["fsdp2"], "zero3": ["fsdp2"], "fsdp2-hybrid": ["fsdp2"]}
+    strategies = [request.strategy, *stronger.get(request.strategy, [])]
+    micro = base.micro_batch
+    micros = []
+    while micro >= 1:
+        micros.append(micro)
+        micro //= 2
+    for m in micros:
+        for strategy in strategies:
+            for checkpointing in dict.fromkeys([base.gradient_checkpointing, True]):
+                accumulation = base.global_batch // (m * request.world_size)
+                if m * accumulation * request.world_size != base.global_batch or accumulation < 1:
+                    continue
+                candidate = replace(
+                    request, strategy=strategy, gradient_checkpointing=checkpointing, micro_batch=m,
+                    grad_accumulation=accumulation, global_batch=base.global_batch,
+                )  # fmt: skip
+                plan = plan_train(candidate)
+                if plan.fits:
+                    return plan
+    return None

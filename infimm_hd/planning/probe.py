@@ -1,0 +1,545 @@
+"""Measure a model's training step at small shapes, unit by unit, and fit each unit's shape law.
+
+Why measured and not a hand formula: what a step keeps for backward (and what it computes) depends on the model's
+code, the autograd rules of every op, what is frozen, and checkpointing; counting it by hand is where planners go
+wrong. So the planner runs the real model on this machine: a *reduced-depth copy at full width* (one group of
+`cross_attention_every_n_layers` decoder layers with its cross-attention block, two vision blocks) with real
+(random) weights, for one training step (forward, backward) at three small shapes of one sample. Two dispatch modes
+watch it: `LiveTensorMemory` (bytes of live tensors, read by hooks before and after each unit's forward, so each
+unit's *retained* activations are known) and torch's `FlopCounterMode` (FLOPs per module, forward and backward).
+
+Every unit repeats identically along the depth, and per sample its costs follow a shape law in the text length T
+and the crops K of its image (L tokens per crop, fixed by the window): an LLM layer a*T + b*T^2 (FLOPs; memory a*T
+with flash-style attention), a cross-attention block a*T + b*T*K + c*K, a vision block a*K, the rest (embeddings,
+LM head and loss, vision stem) a*T + c*K + d. Three shapes, (T1, 1), (T2, 1), (T1, 2), fix these laws exactly (a
+least-squares fit whose residual is reported); the plan then multiplies by the unit counts of the full model and
+by the micro-batch (samples are independent). Shapes are one sample because padding is the user's, not the law's.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop, sdpa_flop
+
+from ..configuration import InfiMMHDConfig
+from ..modeling import InfiMMHDForConditionalGeneration, decoder_layers
+from ..training.loop import enable_gradient_checkpointing
+from ..training.trainable import TrainableSpec, apply_trainable
+from .live_memory import LiveTensorMemory, model_state_tensors
+
+UNIT_KINDS = ("llm_layer_off_path", "llm_layer", "first_cross_attention", "cross_attention", "vision_block", "rest")
+REPEATED = UNIT_KINDS[:-1]
+PROBE_TEXT = (48, 96, 192)  # T1, T2, T3
+# K1, K2: thumbnail-only stages (the thumbnail alone takes a path of its own), and stages with windows
+PROBE_CROPS_THUMBNAIL = (1, 2)
+PROBE_CROPS_WINDOWS = (2, 3)
+
+
+def _register_cpu_attention_flops() -> None:
+    """FlopCounterMode counts the CUDA attention kernels but not the CPU flash kernel torch picks on this machine;
+    the FLOPs are the same (torch's own `sdpa_flop` formulas), so register them for the CPU op too."""
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    from torch.utils.flop_counter import flop_registry
+
+    if forward is not None and forward.default not in flop_registry:
+
+        @register_flop_formula(forward)
+        def _cpu_flash(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop(query_shape, key_shape, value_shape)
+
+    if backward is not None and backward.default not in flop_registry:
+
+        @register_flop_formula(backward)
+        def _cpu_flash_bw(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+_register_cpu_attention_flops()
+
+
+@dataclass(frozen=True)
+class ProbeSample:
+    """One probe shape: T text tokens (one `<image>` first, every token scored) and K crops of that image."""
+
+    text_tokens: int
+    crops: int
+
+
+@dataclass
+class UnitCosts:
+    """What one unit of a kind cost at one probe shape.
+
+    retained_bytes: live bytes it added by the end of its forward (what it keeps for backward, and its output).
+    forward_work: its forward's peak above what is alive before it (temporaries freed before it returns).
+    backward_work: the peak from the start of its backward until the next unit's backward starts, above what is
+        alive then (its gradients, temporaries and, when checkpointed, recomputed activations).
+    grad_bytes: the gradients of its own trainable parameters. flops: forward + backward (+ recomputation).
+    """
+
+    retained_bytes: float = 0.0
+    forward_work: float = 0.0
+    backward_work: float = 0.0
+    grad_bytes: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
+class ProbeRun:
+    """One measured step: per-kind costs of one unit (the last of its kind in forward order, the steady state a deep
+    model repeats), the rest as what the units do not account for, and the step's totals. Working memory is in the
+    planner's accounting (see `measure_step`)."""
+
+    sample: ProbeSample
+    units: dict[str, UnitCosts] = field(default_factory=dict)
+    base_bytes: int = 0  # parameters, buffers, optimizer states before the step
+    peak_bytes: int = 0
+    activation_bytes: int = 0  # retained at the end of forward
+    grad_bytes: int = 0
+    head_work: float = 0.0  # loss and LM head backward, before the first unit's backward (planner accounting)
+    stem_work: float = 0.0  # after the last unit's backward: vision stem, embeddings (planner accounting)
+
+    def cost(self, kind: str) -> UnitCosts:
+        return self.units.get(kind, UnitCosts())
+
+
+def reduced_config(config: InfiMMHDConfig) -> InfiMMHDConfig:
+    """The same model with two groups of decoder layers (the last layer of each carries a cross-attention block, as
+    in the full model) and two vision blocks: the first group holds the units that sit before any gradient (which
+    keep nothing for backward when the LLM is frozen), the second the units every later group repeats."""
+    small = copy.deepcopy(config)
+    n = config.cross_attention_every_n_layers
+    small.text_config.num_hidden_layers = 2 * n
+    small.cross_attention_layers = [n - 1, 2 * n - 1]
+    vision = small.vision_config
+    vision.depth = 2  # the first block's costs are a middle block's (the second ends the chain)
+    if vision.model_name is not None:
+        # A named tower (open_clip's EVA02-E-14 for paper-13b) is built at its registry depth, so the copy uses the
+        # same block explicitly: timm's EVA-CLIP layout (post-norm for EVA-CLIP-E) at the same width, heads and MLP.
+        eva = "eva" in vision.model_name.lower()
+        vision.backend, vision.model_name = "timm", None
+        vision.architecture, vision.block_norm = ("eva", "post") if eva else ("vit", "pre")
+    return small
+
+
+def build_probe_model(config: InfiMMHDConfig, seed: int = 0) -> InfiMMHDForConditionalGeneration:
+    """The reduced model on the CPU in float32 with small random weights (values do not change what is kept or
+    computed; they only have to be finite)."""
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = InfiMMHDForConditionalGeneration(reduced_config(config))
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.02)
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.zero_()
+    model.vision_tower.init_non_persistent_buffers()
+    rotary = getattr(getattr(model.language_model, "model", model.language_model), "rotary_emb", None)
+    if rotary is not None and hasattr(rotary, "rope_init_fn"):
+        inv_freq, _ = rotary.rope_init_fn(rotary.config, torch.device("cpu"))
+        rotary.inv_freq.copy_(inv_freq)
+        rotary.original_inv_freq = inv_freq
+    return model.float()
+
+
+def vision_blocks(model: InfiMMHDForConditionalGeneration) -> list[nn.Module]:
+    """The vision tower's repeated blocks: its ModuleList (or Sequential) as long as the tower's depth."""
+    depth = model.config.vision_config.depth
+    for module in model.vision_tower.modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) == depth:
+            return list(module)
+    raise ValueError(f"cannot find the vision tower's {depth} blocks")
+
+
+def unit_modules(model: InfiMMHDForConditionalGeneration, trainable: TrainableSpec) -> dict[nn.Module, str]:
+    """Every repeated unit -> its kind, in forward order.
+
+    LLM layers (the one inside a cross-attention wrapper included) before the first cross-attention block are
+    `llm_layer_off_path` when neither the LLM nor its embeddings train: no gradient reaches them. The first block
+    is its own kind (its text input needs no gradient); later blocks and layers repeat the same costs.
+    """
+    units: dict[nn.Module, str] = {}
+    first_block = min(model.config.cross_attention_layers)
+    frozen_prefix = not (trainable.language_model or trainable.embeddings)
+    for index, layer in enumerate(decoder_layers(model.language_model)):
+        plain = "llm_layer_off_path" if frozen_prefix and index < first_block else "llm_layer"
+        if hasattr(layer, "cross_attn"):
+            units[layer.cross_attn] = "first_cross_attention" if index == first_block else "cross_attention"
+            units[layer.decoder_layer] = "llm_layer"
+        else:
+            units[layer] = plain
+    for block in vision_blocks(model):
+        units[block] = "vision_block"
+    return units
+
+
+def probe_batch(config: InfiMMHDConfig, sample: ProbeSample, window: int) -> dict[str, torch.Tensor]:
+    """One sample: `<image>` then T-1 text tokens, all scored; K crops (a thumbnail, then K-1 windows in one row)."""
+    generator = torch.Generator().manual_seed(sample.text_tokens * 31 + sample.crops)
+    vocab = config.text_config.vocab_size
+    ids = torch.randint(3, min(vocab, 1000), (1, sample.text_tokens), generator=generator)
+    special = torch.tensor([config.image_token_id, config.end_of_chunk_token_id])
+    ids[torch.isin(ids, special)] = 3
+    ids[0, 0] = config.image_token_id
+    grid = [0, 0] if sample.crops == 1 else [1, sample.crops - 1]
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids.clone(),
+        "pixel_values": torch.randn(sample.crops, 3, window, window, generator=generator),
+        "image_grids": torch.tensor([grid]),
+        "image_sample_index": torch.zeros(1, dtype=torch.long),
+    }
+
+
+def measure_step(
+    model: InfiMMHDForConditionalGeneration,
+    batch: dict[str, torch.Tensor],
+    units: dict[nn.Module, str],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> ProbeRun:
+    """One training step (forward with the chunked loss, backward, optimizer step) under `LiveTensorMemory` and
+    `FlopCounterMode`, with hooks on every unit that cut the step into windows.
+
+    Working memory is expressed in the planner's own accounting (`step_high_water`): a window's peak minus what that
+    accounting says is alive when the window opens. So replaying the accounting with the measured costs gives back
+    the measured peak, whatever the real order of frees (e.g. a checkpointed wrapper recomputing two units at once).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)  # every step starts as the loop's do: no gradients held
+    gc.collect()
+    run = ProbeRun(ProbeSample(int(batch["input_ids"].shape[1]), int(batch["pixel_values"].shape[0])))
+    costs = {module: UnitCosts() for module in units}
+    forward_peak: dict[nn.Module, int] = {}
+    backward_peak: dict[nn.Module, int] = {}
+    forward_start: dict[nn.Module, int] = {}
+    forward_end: dict[nn.Module, int] = {}
+    order: list[nn.Module] = []  # units in the order their forward ran
+    state: dict[str, object] = {"backward": False, "window": ("head", None)}
+    with LiveTensorMemory(model_state_tensors(model, optimizer)) as memory:
+        run.base_bytes = memory.live_bytes
+        peaks: dict[str, int] = {}
+
+        def close_window():
+            kind, module = state["window"]
+            if kind == "head":
+                peaks["head"] = memory.window_peak
+            elif kind in ("unit", "gap"):  # a unit's backward, and what runs until the next unit's starts
+                backward_peak[module] = max(backward_peak.get(module, 0), memory.window_peak)
+            memory.open_window()
+
+        def forward_pre(module, *_):
+            if not state["backward"] and module not in forward_start:  # not a recomputation in backward
+                order.append(module)
+                forward_start[module] = memory.open_window()
+
+        def forward_post(module, *_):
+            if not state["backward"] and module in forward_start and module not in forward_peak:
+                forward_end[module] = memory.live_bytes
+                forward_peak[module] = memory.window_peak
+
+        def backward_pre(module, *_):
+            close_window()
+            state["window"] = ("unit", module)
+
+        def backward_post(module, *_):
+            close_window()
+            state["window"] = ("gap", module)
+
+        hooks = []
+        for module in units:
+            hooks += [module.register_forward_pre_hook(forward_pre), module.register_forward_hook(forward_post)]
+            if _gradient_reaches(module, units):
+                hooks += [
+                    module.register_full_backward_pre_hook(backward_pre),
+                    module.register_full_backward_hook(backward_post),
+                ]
+        try:
+            with FlopCounterMode(display=False) as flops, warnings.catch_warnings():
+                # A frozen unit's full backward hook fires on output gradients alone, which is what is wanted here.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                out = model(**batch, skip_logits=True)
+                run.activation_bytes = memory.live_bytes - run.base_bytes
+                state["backward"] = True
+                memory.open_window()
+                out.loss.backward()
+                peaks["stem"] = memory.window_peak  # the window after the last unit's backward
+                close_window()
+                run.grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
+                if optimizer is not None:
+                    optimizer.step()
+        finally:
+            for hook in hooks:
+                hook.remove()
+            model.zero_grad(set_to_none=True)
+            del out
+        run.peak_bytes = memory.peak_bytes
+    # A unit's activations: what is live at the next unit's start minus what was live at its own, so the input it
+    # replaces (freed when the caller moves on) is not counted twice; the last unit of a chain (the vision tower's,
+    # the LLM's) has no next unit and counts up to its own end.
+    chain_end = {}
+    for index, module in enumerate(order):
+        following = order[index + 1] if index + 1 < len(order) else None
+        same_chain = following is not None and (units[following] == "vision_block") == (units[module] == "vision_block")
+        chain_end[module] = not same_chain
+        end = forward_end[module] if not same_chain else forward_start[following]
+        costs[module].retained_bytes = end - forward_start[module]
+    for module in units:
+        own = [p for p in module.parameters() if p.requires_grad]
+        costs[module].grad_bytes = float(sum(p.numel() * p.element_size() for p in own))
+    rest = UnitCosts(
+        retained_bytes=run.activation_bytes - sum(c.retained_bytes for c in costs.values()),
+        grad_bytes=run.grad_bytes - sum(c.grad_bytes for c in costs.values()),
+    )
+    # Replay the planner's accounting over the real unit order to express each window in it.
+    base = run.base_bytes
+    alive = rest.retained_bytes
+    for module in order:
+        costs[module].forward_work = forward_peak.get(module, base) - base - alive
+        alive += costs[module].retained_bytes
+    run.head_work = peaks.get("head", base) - base - alive
+    made = rest.grad_bytes
+    for module in reversed(order):
+        if module in backward_peak:
+            costs[module].backward_work = backward_peak[module] - base - alive - made
+        made += costs[module].grad_bytes
+        alive -= costs[module].retained_bytes
+    run.stem_work = peaks["stem"] - base - alive - made
+    per_module = flops.get_flop_counts()  # keys: the root's class name, then the module's path
+    names = {module: f"{type(model).__name__}.{name}" for name, module in model.named_modules()}
+    for module in units:
+        costs[module].flops = float(sum(per_module.get(names[module], {}).values()))
+    for module in order:  # the last of its kind in forward order that is not a chain's end (a middle unit)
+        if not chain_end[module] or units[module] not in run.units:
+            run.units[units[module]] = costs[module]
+    rest.flops = float(flops.get_total_flops()) - sum(c.flops for c in costs.values())
+    run.units["rest"] = rest
+    return run
+
+
+def _gradient_reaches(module: nn.Module, units: dict[nn.Module, str]) -> bool:
+    """Backward runs through a frozen unit unless it is an LLM layer before any gradient (`llm_layer_off_path`) or
+    a frozen vision block (the tower's input needs no gradient)."""
+    return units[module] not in ("llm_layer_off_path", "vision_block")
+
+
+def forward_order(units: dict[nn.Module, str]) -> list[str]:
+    """Unit kinds in the order the forward runs them: the vision blocks, then the LLM's units."""
+    kinds = list(units.values())
+    return [k for k in kinds if k == "vision_block"] + [k for k in kinds if k != "vision_block"]
+
+
+def step_high_water(order: list[str], cost: Callable[[str], UnitCosts], head_work: float, stem_work: float) -> float:
+    """The most bytes above the step's starting state (parameters, buffers, optimizer states) alive at once.
+
+    Forward: before unit i runs, the retained activations of the units before it (and the rest's, counted from the
+    start) are alive, plus its own working memory. Backward: at its start every unit's activations are alive, the
+    loss and head add `head_work` and the rest's gradients; then the units are visited last to first, each adding its
+    backward working memory on top of what is alive, making its gradients and freeing its activations; the stem's
+    work comes last. The rest's gradients are counted from the start of backward: the conservative placement.
+    """
+    alive = cost("rest").retained_bytes
+    high = 0.0
+    for kind in order:
+        high = max(high, alive + cost(kind).forward_work)
+        alive += cost(kind).retained_bytes
+    made = cost("rest").grad_bytes
+    high = max(high, alive + head_work, alive + made)
+    for kind in reversed(order):
+        unit = cost(kind)
+        high = max(high, alive + made + unit.backward_work)
+        made += unit.grad_bytes
+        alive -= unit.retained_bytes
+    return max(high, alive + made + stem_work)
+
+
+# -- shape laws ----------------------------------------------------------------------------------------------------
+_LAYER_FLOPS = lambda t, k: [t, t * t]  # noqa: E731 - projections, MLP; attention scores
+_BLOCK = lambda t, k: [t, t * k, k]  # noqa: E731 - text side; attention to the image's keys; to_kv over them
+_REST = lambda t, k: [t, k, 1.0]  # noqa: E731 - embeddings, head and loss; vision stem and packing; fixed
+FLOP_BASIS: dict[str, Callable[[float, float], list[float]]] = {
+    "llm_layer_off_path": _LAYER_FLOPS,
+    "llm_layer": _LAYER_FLOPS,
+    "first_cross_attention": _BLOCK,
+    "cross_attention": _BLOCK,
+    "vision_block": lambda t, k: [k],
+    "rest": _REST,
+}
+# Working memory (forward or backward temporaries) of a unit: linear in its tokens, plus attention's T^2 and T*K
+# score blocks where a kernel keeps them; the head's and the stem's over the step's own tensors.
+WORK_BASIS: dict[str, Callable[[float, float], list[float]]] = {
+    "llm_layer_off_path": lambda t, k: [t, 1.0],
+    "llm_layer": lambda t, k: [t, 1.0],
+    "first_cross_attention": lambda t, k: [t, t * k, k, 1.0],
+    "cross_attention": lambda t, k: [t, t * k, k, 1.0],
+    "vision_block": lambda t, k: [k, 1.0],
+    "head": lambda t, k: [t, k, 1.0],
+    "stem": lambda t, k: [t, k, t * k, 1.0],
+}
+MEMORY_BASIS: dict[str, Callable[[float, float], list[float]]] = FLOP_BASIS | {
+    "llm_layer_off_path": lambda t, k: [t],  # flash-style attention keeps O(T)
+    "llm_layer": lambda t, k: [t],
+}
+
+
+@dataclass(frozen=True)
+class ShapeLaw:
+    """cost(T, K) = coefficients . basis(T, K) for one sample; `residual` is the fit's largest relative miss."""
+
+    kind: str
+    coefficients: tuple[float, ...]
+    basis: Callable[[float, float], list[float]]
+    residual: float
+
+    def __call__(self, text_tokens: float, crops: float) -> float:
+        return float(np.dot(self.coefficients, self.basis(text_tokens, crops)))
+
+
+def fit_law(kind: str, basis, points: list[tuple[ProbeSample, float]]) -> ShapeLaw:
+    rows = np.array([basis(s.text_tokens, s.crops) for s, _ in points], dtype=np.float64)
+    values = np.array([v for _, v in points], dtype=np.float64)
+    coefficients, *_ = np.linalg.lstsq(rows, values, rcond=None)
+    fitted = rows @ coefficients
+    scale = np.maximum(np.abs(values), 1.0)
+    return ShapeLaw(kind, tuple(float(c) for c in coefficients), basis, float(np.max(np.abs(fitted - values) / scale)))
+
+
+@dataclass(frozen=True)
+class UnitLaws:
+    """Per-sample shape laws of each unit kind, for one model, window, trainable set and checkpointing choice."""
+
+    flops: dict[str, ShapeLaw]
+    retained: dict[str, ShapeLaw]
+    forward_work: dict[str, ShapeLaw]
+    backward_work: dict[str, ShapeLaw]
+    head_work: ShapeLaw
+    stem_work: ShapeLaw
+    grad_bytes: dict[str, float]  # float32 gradients of one unit of each repeated kind (and the probe's rest)
+    window: int
+    gradient_checkpointing: bool
+
+    def costs(self, text_tokens: float, crops: float) -> Callable[[str], UnitCosts]:
+        """kind -> the `UnitCosts` of one unit at (T, K), for `step_high_water`."""
+
+        def cost(kind: str) -> UnitCosts:
+            return UnitCosts(
+                retained_bytes=self.retained[kind](text_tokens, crops),
+                forward_work=self.forward_work[kind](text_tokens, crops) if kind in self.forward_work else 0.0,
+                backward_work=self.backward_work[kind](text_tokens, crops) if kind in self.backward_work else 0.0,
+                grad_bytes=self.grad_bytes.get(kind, 0.0),
+                flops=self.flops[kind](text_tokens, crops),
+            )
+
+        return cost
+
+
+PROBE_VERSION = 2  # bump when what a probe measures changes: cached laws of older versions are not read
+
+
+def _cache_file(config: InfiMMHDConfig, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps([config.to_json_string(), key, PROBE_VERSION], sort_keys=True).encode())
+    root = Path(os.environ.get("INFIMM_HD_CACHE", Path.home() / ".cache" / "infimm_hd"))
+    return root / "probe_laws" / f"{digest.hexdigest()[:24]}.json"
+
+
+def _laws_to_json(laws: UnitLaws) -> dict:
+    coefficients = {
+        "flops": {k: v.coefficients for k, v in laws.flops.items()},
+        "retained": {k: v.coefficients for k, v in laws.retained.items()},
+        "forward_work": {k: v.coefficients for k, v in laws.forward_work.items()},
+        "backward_work": {k: v.coefficients for k, v in laws.backward_work.items()},
+        "head_work": laws.head_work.coefficients,
+        "stem_work": laws.stem_work.coefficients,
+    }
+    return {"coefficients": coefficients, "grad_bytes": laws.grad_bytes, "window": laws.window,
+            "gradient_checkpointing": laws.gradient_checkpointing}  # fmt: skip
+
+
+def _laws_from_json(data: dict) -> UnitLaws:
+    c = data["coefficients"]
+
+    def laws(group: dict, bases: dict) -> dict[str, ShapeLaw]:
+        return {k: ShapeLaw(k, tuple(v), bases[k], 0.0) for k, v in group.items()}
+
+    return UnitLaws(
+        flops=laws(c["flops"], FLOP_BASIS),
+        retained=laws(c["retained"], MEMORY_BASIS),
+        forward_work=laws(c["forward_work"], WORK_BASIS),
+        backward_work=laws(c["backward_work"], WORK_BASIS),
+        head_work=ShapeLaw("head", tuple(c["head_work"]), WORK_BASIS["head"], 0.0),
+        stem_work=ShapeLaw("stem", tuple(c["stem_work"]), WORK_BASIS["stem"], 0.0),
+        grad_bytes=data["grad_bytes"],
+        window=data["window"],
+        gradient_checkpointing=data["gradient_checkpointing"],
+    )
+
+
+def cached_unit_laws(
+    config: InfiMMHDConfig, trainable: TrainableSpec, window: int, gradient_checkpointing: bool, windows: bool
+) -> UnitLaws:
+    """`probe_unit_laws`, read from / written to a JSON cache keyed by the config and the probe settings
+    (`$INFIMM_HD_CACHE`, default ~/.cache/infimm_hd): paper-13b's probes take minutes at full width."""
+    key = {"trainable": asdict(trainable), "window": window, "checkpointing": gradient_checkpointing,
+           "windows": windows}  # fmt: skip
+    path = _cache_file(config, key)
+    if path.is_file():
+        return _laws_from_json(json.loads(path.read_text()))
+    laws = probe_unit_laws(config, trainable, window, gradient_checkpointing, windows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_laws_to_json(laws)))
+    os.replace(tmp, path)
+    return laws
+
+
+def probe_unit_laws(
+    config: InfiMMHDConfig,
+    trainable: TrainableSpec,
+    window: int,
+    gradient_checkpointing: bool = False,
+    windows: bool = True,
+    text_tokens: tuple[int, int, int] = PROBE_TEXT,
+) -> UnitLaws:
+    """Run the probe shapes on the reduced model and fit every unit's laws; `windows`: the stage tiles (probe 2 and
+    3 crops), else it sees thumbnails only (probe 1 and 2)."""
+    crops = PROBE_CROPS_WINDOWS if windows else PROBE_CROPS_THUMBNAIL
+    model = build_probe_model(config)
+    if window != model.config.window_size:
+        model.set_window_size(window)
+    apply_trainable(model, trainable)
+    model.train()
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)  # exactly what the training loop does
+    units = unit_modules(model, trainable)
+    samples = [ProbeSample(t, crops[0]) for t in text_tokens] + [ProbeSample(t, crops[1]) for t in text_tokens[:2]]
+    runs = [measure_step(model, probe_batch(model.config, s, window), units) for s in samples]
+
+    def law(kind: str, basis, value: Callable[[ProbeRun], float]) -> ShapeLaw:
+        return fit_law(kind, basis, [(r.sample, value(r)) for r in runs])
+
+    return UnitLaws(
+        flops={k: law(k, FLOP_BASIS[k], lambda r, k=k: r.cost(k).flops) for k in UNIT_KINDS},
+        retained={k: law(k, MEMORY_BASIS[k], lambda r, k=k: r.cost(k).retained_bytes) for k in UNIT_KINDS},
+        forward_work={k: law(k, WORK_BASIS[k], lambda r, k=k: r.cost(k).forward_work) for k in REPEATED},
+        backward_work={k: law(k, WORK_BASIS[k], lambda r, k=k: r.cost(k).backward_work) for k in REPEATED},
+        head_work=law("head", WORK_BASIS["head"], lambda r: r.head_work),
+        stem_work=law("stem", WORK_BASIS["stem"], lambda r: r.stem_work),
+        grad_bytes={k: runs[0].cost(k).grad_bytes for k in UNIT_KINDS},
+        window=window,
+        gradient_checkpointing=gradient_checkpointing,
+    )

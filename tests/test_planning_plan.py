@@ -1,0 +1,115 @@
+"""`plan_train`: the sharding arithmetic, the FLOPs against a measured step, and the errors of impossible plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from infimm_hd.planning import command, hardware
+from infimm_hd.planning.plan import PlanError, PlanRequest, model_facts, nearest_fit, plan_train
+from infimm_hd.planning.probe import REPEATED, ProbeSample, measure_step, probe_batch, unit_modules
+from infimm_hd.presets import build_model
+from infimm_hd.training.recipe import STAGES
+from infimm_hd.training.trainable import apply_trainable
+
+
+@pytest.fixture(autouse=True)
+def probe_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFIMM_HD_CACHE", str(tmp_path / "cache"))
+
+
+def tiny(stage: int = 2, **kwargs) -> PlanRequest:
+    return PlanRequest(preset="tiny", stage=stage, world_size=kwargs.pop("world_size", 2), **kwargs)
+
+
+def test_state_memory_follows_the_sharding_table():
+    facts = model_facts("tiny", STAGES[4].trainable)
+    total, trainable = facts.total_params * 4.0, facts.trainable_params * 4.0
+    w = 4
+    plans = {s: plan_train(tiny(4, world_size=w, strategy=s, grad_accumulation=1)) for s in ("ddp", "zero2", "fsdp2")}
+    ddp, zero2, fsdp = (plans[s].memory for s in ("ddp", "zero2", "fsdp2"))
+    assert ddp["parameters (fp32)"] == total and ddp["DDP gradient buckets"] == trainable
+    assert ddp["optimizer states (AdamW, fp32)"] == 2 * trainable
+    assert zero2["parameters (fp32)"] == total and zero2["gradients (fp32)"] == trainable / w
+    assert zero2["optimizer states (AdamW, fp32)"] == 2 * trainable / w
+    assert fsdp["parameters (fp32)"] == total / w and fsdp["optimizer states (AdamW, fp32)"] == 2 * trainable / w
+    assert fsdp["gathered root unit (vision tower)"] == facts.vision_params * 2  # bf16 compute copy
+    # Activations do not depend on the sharding; the peak is the sum of the components.
+    assert ddp["activations (micro-batch)"] == fsdp["activations (micro-batch)"]
+    for plan in plans.values():
+        assert plan.peak_bytes == pytest.approx(sum(plan.memory.values()))
+
+
+def test_fsdp2_with_accumulation_holds_whole_gradients():
+    facts = model_facts("tiny", STAGES[4].trainable)
+    accumulated = plan_train(tiny(4, world_size=2, grad_accumulation=2, global_batch=8))
+    synced = plan_train(tiny(4, world_size=2, grad_accumulation=1, global_batch=8))
+    assert accumulated.memory["gradients (fp32)"] == facts.trainable_params * 4.0
+    assert synced.memory["gradients (fp32)"] == facts.trainable_params * 4.0 / 2
+
+
+def test_model_flops_equal_a_measured_step_times_the_samples():
+    stage, text, crops = 3, 160, 5
+    request = tiny(stage, world_size=1, micro_batch=2, grad_accumulation=3, text_tokens=text, crops=crops,
+                   gradient_checkpointing=False)  # fmt: skip
+    plan = plan_train(request)
+    model, _ = build_model("tiny")
+    spec = STAGES[stage]
+    model.set_window_size(spec.window_size)
+    apply_trainable(model, spec.trainable)
+    model.train()
+    units = unit_modules(model, spec.trainable)
+    run = measure_step(model, probe_batch(model.config, ProbeSample(text, crops), spec.window_size), units)
+    counts = {k: sum(1 for v in units.values() if v == k) for k in REPEATED}
+    per_sample = run.cost("rest").flops + sum(run.cost(k).flops * counts[k] for k in REPEATED)
+    assert plan.model_flops == pytest.approx(per_sample * 2 * 3, rel=1e-6)
+    assert plan.step_seconds == pytest.approx(plan.model_flops / (989.4e12 * 0.4))
+    assert plan.tokens_per_second == pytest.approx(plan.global_batch * text / plan.step_seconds)
+
+
+def test_checkpointing_trades_activations_for_recomputation():
+    on = plan_train(tiny(3, gradient_checkpointing=True))
+    off = plan_train(tiny(3, gradient_checkpointing=False))
+    assert on.memory["activations (micro-batch)"] < 0.5 * off.memory["activations (micro-batch)"]
+    assert on.model_flops == pytest.approx(off.model_flops, rel=1e-9)
+    assert on.hardware_flops > 1.2 * off.hardware_flops
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (tiny(2, world_size=3), "global batch 8 is not a whole number of micro-batches on 3 GPUs"),
+        (tiny(2, gpu="b200"), "unknown GPU 'b200'; choose one of: h100"),
+        (tiny(2, strategy="zero9"), "unknown strategy 'zero9'"),
+        (tiny(2, crops=4), "stage 2 sees thumbnails only"),
+        (tiny(7), "stage 7 does not exist"),
+        (tiny(2, strategy="fsdp2-hybrid", world_size=12), "multiple of 8 GPUs per node"),
+    ],
+)
+def test_impossible_plans_are_named(request_, message):
+    with pytest.raises(PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_train(request_)
+
+
+def test_a_plan_that_does_not_fit_gets_the_nearest_that_does(monkeypatch, capsys):
+    # A GPU so small that the tiny model's stage 4 fits only sharded with small micro-batches.
+    request = tiny(4, world_size=2, strategy="ddp", micro_batch=4, global_batch=16, grad_accumulation=2)
+    full = plan_train(request)
+    small = hardware.GpuSpec("test GPU", 0.0, 100.0, 50.0, 100.0, 10.0)
+    limit = 0.7 * full.peak_bytes / hardware.USABLE_FRACTION
+    monkeypatch.setitem(hardware.GPUS, "test", small.__class__(**{**small.__dict__, "memory_gib": limit / 2**30}))
+    request = tiny(4, world_size=2, strategy="ddp", micro_batch=4, global_batch=16, grad_accumulation=2, gpu="test")
+    assert not plan_train(request).fits
+    nearest = nearest_fit(request)
+    assert nearest is not None and nearest.fits
+    assert nearest.global_batch == 16  # the optimisation is unchanged
+    changed = (nearest.request.strategy, nearest.micro_batch, nearest.gradient_checkpointing)
+    assert changed != ("ddp", 4, False) and nearest.peak_bytes < plan_train(request).peak_bytes
+    argv = "--preset tiny --stage 4 --world-size 2 --strategy ddp --micro-batch 4 --global-batch 16"
+    status = command.main([*argv.split(), "--grad-accumulation", "2", "--gpu", "test"])
+    out = capsys.readouterr().out
+    assert status == 1 and "does NOT fit" in out and "nearest configuration that fits" in out
+
+
+def test_the_command_reports_a_bad_batch_without_a_traceback(capsys):
+    assert command.main(["--preset", "tiny", "--stage", "2", "--world-size", "3"]) == 1
+    assert "error: stage 2: global batch 8 is not a whole number" in capsys.readouterr().err
