@@ -13,7 +13,12 @@ Predicted: `plan_train` for the same preset, stage, micro-batch, tokens, crops a
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from machine import machine_line
@@ -40,6 +45,7 @@ POINTS = [  # (preset, stage, checkpointing, micro-batch, text tokens, crops)
     ("smollm2-135m", 4, True, 2, 384, 5),
 ]
 QUICK = POINTS[:6]
+TWO_RANKS = [(2, False, 2, 256, 1), (3, False, 2, 200, 5), (4, False, 2, 400, 7), (4, True, 2, 400, 7)]
 
 
 def batch_of(config, samples: int, text_tokens: int, crops: int, window: int) -> dict[str, torch.Tensor]:
@@ -105,6 +111,38 @@ def main() -> None:
               f"{ratios['activations']:.3f} | {ratios['flops']:.6f} |", flush=True)  # fmt: skip
     print(f"\nlargest miss: peak {worst['peak']:.1%}, activations {worst['activations']:.1%}, FLOPs "
           f"{worst['flops']:.2e} ({time.perf_counter() - started:.0f} s, probes included)")  # fmt: skip
+    two_ranks(worst)
+
+
+def two_ranks(worst: dict[str, float]) -> None:
+    """FSDP2 on 2 gloo processes (tests/helpers/accelerate_cpu_fsdp.yaml's units): each rank's measured peak vs the
+    plan for world size 2."""
+    print(
+        "\n| tiny, FSDP2, 2 processes | stage | ckpt | micro-batch x T x K | peak pred / meas rank 0, 1 (MiB) | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=f"{here.parent}{os.pathsep}{here}", OMP_NUM_THREADS="1")
+    miss = 0.0
+    for stage, ckpt, micro, text, crops in TWO_RANKS:
+        request = PlanRequest(preset="tiny", stage=stage, world_size=2, strategy="fsdp2", micro_batch=micro,
+                              grad_accumulation=1, text_tokens=text, crops=crops, gradient_checkpointing=ckpt,
+                              dtype="fp32")  # fmt: skip
+        plan = plan_train(request)
+        settings = [str(x) for x in (stage, micro, text, crops, int(ckpt))]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                   str(here / "planner_ranks.py"), *settings]  # fmt: skip
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if run.returncode != 0:
+            print(f"| stage {stage} failed: {run.stderr[-400:]!r} |")
+            continue
+        peaks = json.loads(run.stdout.strip().splitlines()[-1])["peaks"]
+        ratio = plan.peak_bytes / max(peaks)
+        miss = max(miss, abs(ratio - 1))
+        print(f"| | {stage} | {'on' if ckpt else 'off'} | {micro} x {text} x {crops} | {plan.peak_bytes / 2**20:.1f} / "
+              f"{peaks[0] / 2**20:.1f}, {peaks[1] / 2**20:.1f} | {ratio:.3f} |", flush=True)  # fmt: skip
+    worst["peak (2 processes)"] = miss
+    print(f"\nlargest miss on 2 processes: peak {miss:.1%}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class LiveTensorMemory(TorchDispatchMode):
     def _track(self, tensor: torch.Tensor) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
             return
+        local = getattr(tensor, "_local_tensor", None)  # a DTensor (FSDP2 shard): its local storage is the memory
+        if local is not None:
+            tensor = local
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self._live:

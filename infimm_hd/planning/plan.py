@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from ..modeling import decoder_layers
 from ..training.recipe import PAPER, SMALL, STAGES, Hyperparameters, StageSpec
-from ..training.trainable import TrainableSpec, apply_trainable, parameter_groups  # noqa: F401 - cache key type
+from ..training.trainable import TrainableSpec, apply_trainable, parameter_groups
 from .hardware import USABLE_FRACTION, GpuSpec, gpu
 from .probe import REPEATED, UnitCosts, UnitLaws, cached_unit_laws, forward_order, step_high_water, unit_modules
 

@@ -2,18 +2,21 @@
 
 Why measured and not a hand formula: what a step keeps for backward (and what it computes) depends on the model's
 code, the autograd rules of every op, what is frozen, and checkpointing; counting it by hand is where planners go
-wrong. So the planner runs the real model on this machine: a *reduced-depth copy at full width* (one group of
-`cross_attention_every_n_layers` decoder layers with its cross-attention block, two vision blocks) with real
-(random) weights, for one training step (forward, backward) at three small shapes of one sample. Two dispatch modes
-watch it: `LiveTensorMemory` (bytes of live tensors, read by hooks before and after each unit's forward, so each
-unit's *retained* activations are known) and torch's `FlopCounterMode` (FLOPs per module, forward and backward).
+wrong. So the planner runs the real model on this machine: a *reduced-depth copy at full width* (five decoder
+layers, two of them carrying cross-attention blocks, and two vision blocks; see `reduced_config`) with random
+weights, for one training step at five small shapes of one sample. Two dispatch modes watch it: `LiveTensorMemory`
+(bytes of live tensors, read by hooks at each unit's forward and backward) and torch's `FlopCounterMode` (FLOPs
+per module, forward and backward).
 
-Every unit repeats identically along the depth, and per sample its costs follow a shape law in the text length T
-and the crops K of its image (L tokens per crop, fixed by the window): an LLM layer a*T + b*T^2 (FLOPs; memory a*T
-with flash-style attention), a cross-attention block a*T + b*T*K + c*K, a vision block a*K, the rest (embeddings,
-LM head and loss, vision stem) a*T + c*K + d. Three shapes, (T1, 1), (T2, 1), (T1, 2), fix these laws exactly (a
-least-squares fit whose residual is reported); the plan then multiplies by the unit counts of the full model and
-by the micro-batch (samples are independent). Shapes are one sample because padding is the user's, not the law's.
+Units are the pieces the depth repeats: plain decoder layers, decoder layers with their block (one checkpointing
+region and one FSDP pair), vision blocks; the rest (embeddings, LM head and loss, vision stem) is what they leave.
+Per unit the probe records its retained activations (live bytes from its start to the next unit's), its forward and
+backward working memory, its gradients and its FLOPs. Per sample these follow shape laws in the text length T and
+the crops K of its image (L tokens per crop, fixed by the window), e.g. a decoder layer's FLOPs a*T + b*T^2 and its
+activations a*T (flash-style attention); five shapes (three lengths, two crop counts) fit them by least squares
+(the residual is kept). A plan multiplies the laws by the full model's unit counts and the micro-batch (samples
+are independent; padding is the user's, not the law's) and replays the step's memory high-water
+(`step_high_water`).
 """
 
 from __future__ import annotations
@@ -117,13 +120,16 @@ class ProbeRun:
 
 
 def reduced_config(config: InfiMMHDConfig) -> InfiMMHDConfig:
-    """The same model with two groups of decoder layers (the last layer of each carries a cross-attention block, as
-    in the full model) and two vision blocks: the first group holds the units that sit before any gradient (which
-    keep nothing for backward when the LLM is frozen), the second the units every later group repeats."""
+    """The same model at full width with five decoder layers (the second and fourth carry cross-attention blocks)
+    and two vision blocks: the first pair holds the units that sit before any gradient (which keep nothing for
+    backward when the LLM is frozen), the second the units every later group repeats, the fifth ends the chain.
+    Five layers rather than two groups of the model's four keep a 13B-wide copy with its gradients in a CPU's
+    memory."""
     small = copy.deepcopy(config)
-    n = config.cross_attention_every_n_layers
-    small.text_config.num_hidden_layers = 2 * n
-    small.cross_attention_layers = [n - 1, 2 * n - 1]
+    # Groups of one plain layer and one carrying a block (the full model's groups repeat these), and a last plain
+    # layer so that the measured block is not the end of the chain (whose input outlives it).
+    small.text_config.num_hidden_layers = 5
+    small.cross_attention_layers = [1, 3]
     vision = small.vision_config
     vision.depth = 2  # the first block's costs are a middle block's (the second ends the chain)
     if vision.model_name is not None:
@@ -169,20 +175,19 @@ def vision_blocks(model: InfiMMHDForConditionalGeneration) -> list[nn.Module]:
 def unit_modules(model: InfiMMHDForConditionalGeneration, trainable: TrainableSpec) -> dict[nn.Module, str]:
     """Every repeated unit -> its kind, in forward order.
 
-    LLM layers (the one inside a cross-attention wrapper included) before the first cross-attention block are
-    `llm_layer_off_path` when neither the LLM nor its embeddings train: no gradient reaches them. The first block
-    is its own kind (its text input needs no gradient); later blocks and layers repeat the same costs.
+    A decoder layer carrying a cross-attention block is one unit with its block (`first_cross_attention` for the
+    first, whose text input needs no gradient, `cross_attention` after): it is also one checkpointing region and
+    one FSDP pair, so its costs are measured as the whole that training runs. Plain decoder layers before the first
+    block are `llm_layer_off_path` when neither the LLM nor its embeddings train (no gradient reaches them).
     """
     units: dict[nn.Module, str] = {}
     first_block = min(model.config.cross_attention_layers)
     frozen_prefix = not (trainable.language_model or trainable.embeddings)
     for index, layer in enumerate(decoder_layers(model.language_model)):
-        plain = "llm_layer_off_path" if frozen_prefix and index < first_block else "llm_layer"
         if hasattr(layer, "cross_attn"):
-            units[layer.cross_attn] = "first_cross_attention" if index == first_block else "cross_attention"
-            units[layer.decoder_layer] = "llm_layer"
+            units[layer] = "first_cross_attention" if index == first_block else "cross_attention"
         else:
-            units[layer] = plain
+            units[layer] = "llm_layer_off_path" if frozen_prefix and index < first_block else "llm_layer"
     for block in vision_blocks(model):
         units[block] = "vision_block"
     return units
@@ -370,7 +375,8 @@ def step_high_water(order: list[str], cost: Callable[[str], UnitCosts], head_wor
 
 # -- shape laws ----------------------------------------------------------------------------------------------------
 _LAYER_FLOPS = lambda t, k: [t, t * t]  # noqa: E731 - projections, MLP; attention scores
-_BLOCK = lambda t, k: [t, t * k, k]  # noqa: E731 - text side; attention to the image's keys; to_kv over them
+# A layer with its block: the layer's terms, the block's attention to the image's keys and its to_kv over them.
+_BLOCK = lambda t, k: [t, t * t, t * k, k]  # noqa: E731
 _REST = lambda t, k: [t, k, 1.0]  # noqa: E731 - embeddings, head and loss; vision stem and packing; fixed
 FLOP_BASIS: dict[str, Callable[[float, float], list[float]]] = {
     "llm_layer_off_path": _LAYER_FLOPS,
@@ -386,7 +392,7 @@ WORK_BASIS: dict[str, Callable[[float, float], list[float]]] = {
     "llm_layer_off_path": lambda t, k: [t, 1.0],
     "llm_layer": lambda t, k: [t, 1.0],
     "first_cross_attention": lambda t, k: [t, t * k, k, 1.0],
-    "cross_attention": lambda t, k: [t, t * k, k, 1.0],
+    "cross_attention": lambda t, k: [t, t * k, k, 1.0],  # the layer's T^2 left out: 5 shapes fit 4 terms at most
     "vision_block": lambda t, k: [k, 1.0],
     "head": lambda t, k: [t, k, 1.0],
     "stem": lambda t, k: [t, k, t * k, 1.0],
@@ -394,6 +400,8 @@ WORK_BASIS: dict[str, Callable[[float, float], list[float]]] = {
 MEMORY_BASIS: dict[str, Callable[[float, float], list[float]]] = FLOP_BASIS | {
     "llm_layer_off_path": lambda t, k: [t],  # flash-style attention keeps O(T)
     "llm_layer": lambda t, k: [t],
+    "first_cross_attention": lambda t, k: [t, t * k, k],
+    "cross_attention": lambda t, k: [t, t * k, k],
 }
 
 
@@ -448,7 +456,7 @@ class UnitLaws:
         return cost
 
 
-PROBE_VERSION = 2  # bump when what a probe measures changes: cached laws of older versions are not read
+PROBE_VERSION = 3  # bump when what a probe measures changes: cached laws of older versions are not read
 
 
 def _cache_file(config: InfiMMHDConfig, key: dict) -> Path:
