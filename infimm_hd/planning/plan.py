@@ -36,7 +36,9 @@ from ..modeling import decoder_layers
 from ..training.recipe import PAPER, SMALL, STAGES, Hyperparameters, StageSpec
 from ..training.trainable import TrainableSpec, apply_trainable, parameter_groups
 from .hardware import USABLE_FRACTION, GpuSpec, gpu
-from .probe import REPEATED, UnitCosts, UnitLaws, cached_unit_laws, forward_order, step_high_water, unit_modules
+from .law_cache import cached_unit_laws
+from .probe import REPEATED, forward_order, step_high_water, unit_modules
+from .shape_laws import UnitCosts, UnitLaws
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2", "fsdp2-hybrid")
 PRESETS = ("tiny", "smollm2-135m", "paper-13b")

@@ -23,15 +23,10 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
-import json
-import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop, sdpa_flop
@@ -41,6 +36,7 @@ from ..modeling import InfiMMHDForConditionalGeneration, decoder_layers
 from ..training.loop import enable_gradient_checkpointing
 from ..training.trainable import TrainableSpec, apply_trainable
 from .live_memory import LiveTensorMemory, model_state_tensors
+from .shape_laws import FLOP_BASIS, MEMORY_BASIS, WORK_BASIS, ProbeSample, ShapeLaw, UnitCosts, UnitLaws, fit_law
 
 UNIT_KINDS = ("llm_layer_off_path", "llm_layer", "first_cross_attention", "cross_attention", "vision_block", "rest")
 REPEATED = UNIT_KINDS[:-1]
@@ -72,32 +68,6 @@ def _register_cpu_attention_flops() -> None:
 
 
 _register_cpu_attention_flops()
-
-
-@dataclass(frozen=True)
-class ProbeSample:
-    """One probe shape: T text tokens (one `<image>` first, every token scored) and K crops of that image."""
-
-    text_tokens: int
-    crops: int
-
-
-@dataclass
-class UnitCosts:
-    """What one unit of a kind cost at one probe shape.
-
-    retained_bytes: live bytes it added by the end of its forward (what it keeps for backward, and its output).
-    forward_work: its forward's peak above what is alive before it (temporaries freed before it returns).
-    backward_work: the peak from the start of its backward until the next unit's backward starts, above what is
-        alive then (its gradients, temporaries and, when checkpointed, recomputed activations).
-    grad_bytes: the gradients of its own trainable parameters. flops: forward + backward (+ recomputation).
-    """
-
-    retained_bytes: float = 0.0
-    forward_work: float = 0.0
-    backward_work: float = 0.0
-    grad_bytes: float = 0.0
-    flops: float = 0.0
 
 
 @dataclass
@@ -371,148 +341,6 @@ def step_high_water(order: list[str], cost: Callable[[str], UnitCosts], head_wor
         made += unit.grad_bytes
         alive -= unit.retained_bytes
     return max(high, alive + made + stem_work)
-
-
-# -- shape laws ----------------------------------------------------------------------------------------------------
-_LAYER_FLOPS = lambda t, k: [t, t * t]  # noqa: E731 - projections, MLP; attention scores
-# A layer with its block: the layer's terms, the block's attention to the image's keys and its to_kv over them.
-_BLOCK = lambda t, k: [t, t * t, t * k, k]  # noqa: E731
-_REST = lambda t, k: [t, k, 1.0]  # noqa: E731 - embeddings, head and loss; vision stem and packing; fixed
-FLOP_BASIS: dict[str, Callable[[float, float], list[float]]] = {
-    "llm_layer_off_path": _LAYER_FLOPS,
-    "llm_layer": _LAYER_FLOPS,
-    "first_cross_attention": _BLOCK,
-    "cross_attention": _BLOCK,
-    "vision_block": lambda t, k: [k],
-    "rest": _REST,
-}
-# Working memory (forward or backward temporaries) of a unit: linear in its tokens, plus attention's T^2 and T*K
-# score blocks where a kernel keeps them; the head's and the stem's over the step's own tensors.
-WORK_BASIS: dict[str, Callable[[float, float], list[float]]] = {
-    "llm_layer_off_path": lambda t, k: [t, 1.0],
-    "llm_layer": lambda t, k: [t, 1.0],
-    "first_cross_attention": lambda t, k: [t, t * k, k, 1.0],
-    "cross_attention": lambda t, k: [t, t * k, k, 1.0],  # the layer's T^2 left out: 5 shapes fit 4 terms at most
-    "vision_block": lambda t, k: [k, 1.0],
-    "head": lambda t, k: [t, k, 1.0],
-    "stem": lambda t, k: [t, k, t * k, 1.0],
-}
-MEMORY_BASIS: dict[str, Callable[[float, float], list[float]]] = FLOP_BASIS | {
-    "llm_layer_off_path": lambda t, k: [t],  # flash-style attention keeps O(T)
-    "llm_layer": lambda t, k: [t],
-    "first_cross_attention": lambda t, k: [t, t * k, k],
-    "cross_attention": lambda t, k: [t, t * k, k],
-}
-
-
-@dataclass(frozen=True)
-class ShapeLaw:
-    """cost(T, K) = coefficients . basis(T, K) for one sample; `residual` is the fit's largest relative miss."""
-
-    kind: str
-    coefficients: tuple[float, ...]
-    basis: Callable[[float, float], list[float]]
-    residual: float
-
-    def __call__(self, text_tokens: float, crops: float) -> float:
-        return float(np.dot(self.coefficients, self.basis(text_tokens, crops)))
-
-
-def fit_law(kind: str, basis, points: list[tuple[ProbeSample, float]]) -> ShapeLaw:
-    rows = np.array([basis(s.text_tokens, s.crops) for s, _ in points], dtype=np.float64)
-    values = np.array([v for _, v in points], dtype=np.float64)
-    coefficients, *_ = np.linalg.lstsq(rows, values, rcond=None)
-    fitted = rows @ coefficients
-    scale = np.maximum(np.abs(values), 1.0)
-    return ShapeLaw(kind, tuple(float(c) for c in coefficients), basis, float(np.max(np.abs(fitted - values) / scale)))
-
-
-@dataclass(frozen=True)
-class UnitLaws:
-    """Per-sample shape laws of each unit kind, for one model, window, trainable set and checkpointing choice."""
-
-    flops: dict[str, ShapeLaw]
-    retained: dict[str, ShapeLaw]
-    forward_work: dict[str, ShapeLaw]
-    backward_work: dict[str, ShapeLaw]
-    head_work: ShapeLaw
-    stem_work: ShapeLaw
-    grad_bytes: dict[str, float]  # float32 gradients of one unit of each repeated kind (and the probe's rest)
-    window: int
-    gradient_checkpointing: bool
-
-    def costs(self, text_tokens: float, crops: float) -> Callable[[str], UnitCosts]:
-        """kind -> the `UnitCosts` of one unit at (T, K), for `step_high_water`."""
-
-        def cost(kind: str) -> UnitCosts:
-            return UnitCosts(
-                retained_bytes=self.retained[kind](text_tokens, crops),
-                forward_work=self.forward_work[kind](text_tokens, crops) if kind in self.forward_work else 0.0,
-                backward_work=self.backward_work[kind](text_tokens, crops) if kind in self.backward_work else 0.0,
-                grad_bytes=self.grad_bytes.get(kind, 0.0),
-                flops=self.flops[kind](text_tokens, crops),
-            )
-
-        return cost
-
-
-PROBE_VERSION = 3  # bump when what a probe measures changes: cached laws of older versions are not read
-
-
-def _cache_file(config: InfiMMHDConfig, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps([config.to_json_string(), key, PROBE_VERSION], sort_keys=True).encode())
-    root = Path(os.environ.get("INFIMM_HD_CACHE", Path.home() / ".cache" / "infimm_hd"))
-    return root / "probe_laws" / f"{digest.hexdigest()[:24]}.json"
-
-
-def _laws_to_json(laws: UnitLaws) -> dict:
-    coefficients = {
-        "flops": {k: v.coefficients for k, v in laws.flops.items()},
-        "retained": {k: v.coefficients for k, v in laws.retained.items()},
-        "forward_work": {k: v.coefficients for k, v in laws.forward_work.items()},
-        "backward_work": {k: v.coefficients for k, v in laws.backward_work.items()},
-        "head_work": laws.head_work.coefficients,
-        "stem_work": laws.stem_work.coefficients,
-    }
-    return {"coefficients": coefficients, "grad_bytes": laws.grad_bytes, "window": laws.window,
-            "gradient_checkpointing": laws.gradient_checkpointing}  # fmt: skip
-
-
-def _laws_from_json(data: dict) -> UnitLaws:
-    c = data["coefficients"]
-
-    def laws(group: dict, bases: dict) -> dict[str, ShapeLaw]:
-        return {k: ShapeLaw(k, tuple(v), bases[k], 0.0) for k, v in group.items()}
-
-    return UnitLaws(
-        flops=laws(c["flops"], FLOP_BASIS),
-        retained=laws(c["retained"], MEMORY_BASIS),
-        forward_work=laws(c["forward_work"], WORK_BASIS),
-        backward_work=laws(c["backward_work"], WORK_BASIS),
-        head_work=ShapeLaw("head", tuple(c["head_work"]), WORK_BASIS["head"], 0.0),
-        stem_work=ShapeLaw("stem", tuple(c["stem_work"]), WORK_BASIS["stem"], 0.0),
-        grad_bytes=data["grad_bytes"],
-        window=data["window"],
-        gradient_checkpointing=data["gradient_checkpointing"],
-    )
-
-
-def cached_unit_laws(
-    config: InfiMMHDConfig, trainable: TrainableSpec, window: int, gradient_checkpointing: bool, windows: bool
-) -> UnitLaws:
-    """`probe_unit_laws`, read from / written to a JSON cache keyed by the config and the probe settings
-    (`$INFIMM_HD_CACHE`, default ~/.cache/infimm_hd): paper-13b's probes take minutes at full width."""
-    key = {"trainable": asdict(trainable), "window": window, "checkpointing": gradient_checkpointing,
-           "windows": windows}  # fmt: skip
-    path = _cache_file(config, key)
-    if path.is_file():
-        return _laws_from_json(json.loads(path.read_text()))
-    laws = probe_unit_laws(config, trainable, window, gradient_checkpointing, windows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_laws_to_json(laws)))
-    os.replace(tmp, path)
-    return laws
 
 
 def probe_unit_laws(
