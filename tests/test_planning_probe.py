@@ -61,7 +61,10 @@ def test_live_memory_sees_backward_and_optimizer_state():
 def test_the_reduced_copy_keeps_the_widths_and_two_groups():
     model, _ = build_model("tiny")
     small = reduced_config(model.config)
-    assert small.text_config.num_hidden_layers == 5 and small.cross_attention_layers == [1, 3]
+    # tiny's last layer (7) carries a block, so the copy's does too; a frozen LLM adds an off-path plain layer.
+    assert small.text_config.num_hidden_layers == 6 and small.cross_attention_layers == [2, 4, 5]
+    trained = reduced_config(model.config, frozen_prefix=False)
+    assert trained.text_config.num_hidden_layers == 5 and trained.cross_attention_layers == [1, 3, 4]
     assert small.text_config.hidden_size == model.config.text_config.hidden_size
     assert small.vision_config.width == model.config.vision_config.width and small.vision_config.depth == 2
     probe = build_probe_model(model.config)

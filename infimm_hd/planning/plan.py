@@ -262,7 +262,9 @@ def plan_train(request: PlanRequest) -> Plan:
     memory["activations (micro-batch)"] = activations
     memory["working memory (backward, loss chunk)"] = max(0.0, dynamic - activations - gradients)
     shares = {
-        "activations of the vision tower": cost("vision_block").retained_bytes * facts.unit_counts["vision_block"],
+        "activations of the vision tower": sum(
+            cost(k).retained_bytes * facts.unit_counts[k] for k in ("vision_block", "vision_last")
+        ),
         "activations of the cross-attention": sum(
             cost(k).retained_bytes * facts.unit_counts[k] for k in ("first_cross_attention", "cross_attention")
         ),

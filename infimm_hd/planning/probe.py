@@ -38,7 +38,11 @@ from ..training.trainable import TrainableSpec, apply_trainable
 from .live_memory import LiveTensorMemory, model_state_tensors
 from .shape_laws import FLOP_BASIS, MEMORY_BASIS, WORK_BASIS, ProbeSample, ShapeLaw, UnitCosts, UnitLaws, fit_law
 
-UNIT_KINDS = ("llm_layer_off_path", "llm_layer", "first_cross_attention", "cross_attention", "vision_block", "rest")
+UNIT_KINDS = (
+    "llm_first_off_path", "llm_first", "llm_layer_off_path", "llm_layer", "first_cross_attention",
+    "cross_attention", "llm_last", "vision_block", "vision_last", "rest",
+)  # fmt: skip
+OFF_PATH = ("llm_first_off_path", "llm_layer_off_path")
 REPEATED = UNIT_KINDS[:-1]
 PROBE_TEXT = (48, 96, 192)  # T1, T2, T3
 # K1, K2: thumbnail-only stages (the thumbnail alone takes a path of its own), and stages with windows
@@ -89,19 +93,23 @@ class ProbeRun:
         return self.units.get(kind, UnitCosts())
 
 
-def reduced_config(config: InfiMMHDConfig) -> InfiMMHDConfig:
-    """The same model at full width with five decoder layers (the second and fourth carry cross-attention blocks)
-    and two vision blocks: the first pair holds the units that sit before any gradient (which keep nothing for
-    backward when the LLM is frozen), the second the units every later group repeats, the fifth ends the chain.
-    Five layers rather than two groups of the model's four keep a 13B-wide copy with its gradients in a CPU's
-    memory."""
+def reduced_config(config: InfiMMHDConfig, frozen_prefix: bool = True) -> InfiMMHDConfig:
+    """The same model at full width with one decoder layer of each kind the full model has, and two of the kinds
+    it repeats, plus two vision blocks (the second ends the tower).
+
+    Layers: the first; with a frozen LLM (`frozen_prefix`) a second plain layer before any block (off the gradient
+    path); the first layer with a block; a plain layer and a layer with a block as every later group repeats them;
+    and a last layer, with a block exactly when the full model's last layer has one. Five or six layers rather than
+    the model's groups of four keep a 13B-wide copy with its gradients in a CPU's memory.
+    """
     small = copy.deepcopy(config)
-    # Groups of one plain layer and one carrying a block (the full model's groups repeat these), and a last plain
-    # layer so that the measured block is not the end of the chain (whose input outlives it).
-    small.text_config.num_hidden_layers = 5
-    small.cross_attention_layers = [1, 3]
+    last_has_block = config.text_config.num_hidden_layers - 1 in config.cross_attention_layers
+    blocks = [2, 4] if frozen_prefix else [1, 3]
+    layers = blocks[-1] + 2
+    small.text_config.num_hidden_layers = layers
+    small.cross_attention_layers = blocks + ([layers - 1] if last_has_block else [])
     vision = small.vision_config
-    vision.depth = 2  # the first block's costs are a middle block's (the second ends the chain)
+    vision.depth = 2
     if vision.model_name is not None:
         # A named tower (open_clip's EVA02-E-14 for paper-13b) is built at its registry depth, so the copy uses the
         # same block explicitly: timm's EVA-CLIP layout (post-norm for EVA-CLIP-E) at the same width, heads and MLP.
@@ -111,12 +119,14 @@ def reduced_config(config: InfiMMHDConfig) -> InfiMMHDConfig:
     return small
 
 
-def build_probe_model(config: InfiMMHDConfig, seed: int = 0) -> InfiMMHDForConditionalGeneration:
+def build_probe_model(
+    config: InfiMMHDConfig, seed: int = 0, frozen_prefix: bool = True
+) -> InfiMMHDForConditionalGeneration:
     """The reduced model on the CPU in float32 with small random weights (values do not change what is kept or
     computed; they only have to be finite)."""
     torch.manual_seed(seed)
     with torch.device("meta"):
-        model = InfiMMHDForConditionalGeneration(reduced_config(config))
+        model = InfiMMHDForConditionalGeneration(reduced_config(config, frozen_prefix))
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         for param in model.parameters():
@@ -148,18 +158,27 @@ def unit_modules(model: InfiMMHDForConditionalGeneration, trainable: TrainableSp
     A decoder layer carrying a cross-attention block is one unit with its block (`first_cross_attention` for the
     first, whose text input needs no gradient, `cross_attention` after): it is also one checkpointing region and
     one FSDP pair, so its costs are measured as the whole that training runs. Plain decoder layers before the first
-    block are `llm_layer_off_path` when neither the LLM nor its embeddings train (no gradient reaches them).
+    block are `..._off_path` when neither the LLM nor its embeddings train (no gradient reaches them). The first
+    and last layers and the last vision block are the ends of their chains (`llm_first`, `llm_last`,
+    `vision_last`): one of each at any depth, each measured as itself.
     """
     units: dict[nn.Module, str] = {}
     first_block = min(model.config.cross_attention_layers)
     frozen_prefix = not (trainable.language_model or trainable.embeddings)
-    for index, layer in enumerate(decoder_layers(model.language_model)):
-        if hasattr(layer, "cross_attn"):
+    layers = list(decoder_layers(model.language_model))
+    for index, layer in enumerate(layers):
+        off_path = "_off_path" if frozen_prefix and index < first_block else ""
+        if index == 0:
+            units[layer] = f"llm_first{off_path}"  # the start of the chain: fed by the embeddings
+        elif index == len(layers) - 1:
+            units[layer] = "llm_last"  # the end of the chain: its output goes to the head, its input outlives it
+        elif hasattr(layer, "cross_attn"):
             units[layer] = "first_cross_attention" if index == first_block else "cross_attention"
         else:
-            units[layer] = "llm_layer_off_path" if frozen_prefix and index < first_block else "llm_layer"
-    for block in vision_blocks(model):
-        units[block] = "vision_block"
+            units[layer] = f"llm_layer{off_path}"
+    blocks = vision_blocks(model)
+    for index, block in enumerate(blocks):
+        units[block] = "vision_last" if index == len(blocks) - 1 else "vision_block"
     return units
 
 
@@ -265,12 +284,12 @@ def measure_step(
             del out
         run.peak_bytes = memory.peak_bytes
     # A unit's activations: what is live at the next unit's start minus what was live at its own, so the input it
-    # replaces (freed when the caller moves on) is not counted twice; the last unit of a chain (the vision tower's,
-    # the LLM's) has no next unit and counts up to its own end.
+    # replaces (freed when the caller moves on) is not counted twice; the last unit of a chain (`llm_last`,
+    # `vision_last`) has no next unit and counts up to its own end.
     chain_end = {}
     for index, module in enumerate(order):
         following = order[index + 1] if index + 1 < len(order) else None
-        same_chain = following is not None and (units[following] == "vision_block") == (units[module] == "vision_block")
+        same_chain = following is not None and is_vision(units[following]) == is_vision(units[module])
         chain_end[module] = not same_chain
         end = forward_end[module] if not same_chain else forward_start[following]
         costs[module].retained_bytes = end - forward_start[module]
@@ -299,24 +318,31 @@ def measure_step(
     names = {module: f"{type(model).__name__}.{name}" for name, module in model.named_modules()}
     for module in units:
         costs[module].flops = float(sum(per_module.get(names[module], {}).values()))
-    for module in order:  # the last of its kind in forward order that is not a chain's end (a middle unit)
-        if not chain_end[module] or units[module] not in run.units:
-            run.units[units[module]] = costs[module]
+    for module in order:  # the last of its kind in forward order
+        run.units[units[module]] = costs[module]
     rest.flops = float(flops.get_total_flops()) - sum(c.flops for c in costs.values())
     run.units["rest"] = rest
     return run
 
 
 def _gradient_reaches(module: nn.Module, units: dict[nn.Module, str]) -> bool:
-    """Backward runs through a frozen unit unless it is an LLM layer before any gradient (`llm_layer_off_path`) or
-    a frozen vision block (the tower's input needs no gradient)."""
-    return units[module] not in ("llm_layer_off_path", "vision_block")
+    """Backward runs through a unit unless it is an LLM layer before any gradient (`llm_layer_off_path`) or a
+    vision block of a frozen tower (the tower's input needs no gradient, so only its own weights would call for
+    one)."""
+    kind = units[module]
+    if is_vision(kind):
+        return any(p.requires_grad for p in module.parameters())
+    return kind not in OFF_PATH
 
 
 def forward_order(units: dict[nn.Module, str]) -> list[str]:
     """Unit kinds in the order the forward runs them: the vision blocks, then the LLM's units."""
     kinds = list(units.values())
-    return [k for k in kinds if k == "vision_block"] + [k for k in kinds if k != "vision_block"]
+    return [k for k in kinds if is_vision(k)] + [k for k in kinds if not is_vision(k)]
+
+
+def is_vision(kind: str) -> bool:
+    return kind in ("vision_block", "vision_last")
 
 
 def step_high_water(order: list[str], cost: Callable[[str], UnitCosts], head_work: float, stem_work: float) -> float:
@@ -354,7 +380,7 @@ def probe_unit_laws(
     """Run the probe shapes on the reduced model and fit every unit's laws; `windows`: the stage tiles (probe 2 and
     3 crops), else it sees thumbnails only (probe 1 and 2)."""
     crops = PROBE_CROPS_WINDOWS if windows else PROBE_CROPS_THUMBNAIL
-    model = build_probe_model(config)
+    model = build_probe_model(config, frozen_prefix=not (trainable.language_model or trainable.embeddings))
     if window != model.config.window_size:
         model.set_window_size(window)
     apply_trainable(model, trainable)

@@ -43,29 +43,40 @@ _LAYER_FLOPS = lambda t, k: [t, t * t]  # noqa: E731 - projections, MLP; attenti
 _BLOCK = lambda t, k: [t, t * t, t * k, k]  # noqa: E731
 _REST = lambda t, k: [t, k, 1.0]  # noqa: E731 - embeddings, head and loss; vision stem and packing; fixed
 FLOP_BASIS: dict[str, Callable[[float, float], list[float]]] = {
+    "llm_first_off_path": _LAYER_FLOPS,
+    "llm_first": _LAYER_FLOPS,
     "llm_layer_off_path": _LAYER_FLOPS,
     "llm_layer": _LAYER_FLOPS,
     "first_cross_attention": _BLOCK,
     "cross_attention": _BLOCK,
+    "llm_last": _BLOCK,  # a plain layer or one with a block, whichever the model ends with
     "vision_block": lambda t, k: [k],
+    "vision_last": lambda t, k: [k],
     "rest": _REST,
 }
 # Working memory (forward or backward temporaries) of a unit: linear in its tokens, plus attention's T^2 and T*K
 # score blocks where a kernel keeps them; the head's and the stem's over the step's own tensors.
 WORK_BASIS: dict[str, Callable[[float, float], list[float]]] = {
+    "llm_first_off_path": lambda t, k: [t, 1.0],
+    "llm_first": lambda t, k: [t, 1.0],
     "llm_layer_off_path": lambda t, k: [t, 1.0],
     "llm_layer": lambda t, k: [t, 1.0],
     "first_cross_attention": lambda t, k: [t, t * k, k, 1.0],
     "cross_attention": lambda t, k: [t, t * k, k, 1.0],  # the layer's T^2 left out: 5 shapes fit 4 terms at most
     "vision_block": lambda t, k: [k, 1.0],
+    "vision_last": lambda t, k: [k, 1.0],
+    "llm_last": lambda t, k: [t, t * k, k, 1.0],
     "head": lambda t, k: [t, k, 1.0],
     "stem": lambda t, k: [t, k, t * k, 1.0],
 }
 MEMORY_BASIS: dict[str, Callable[[float, float], list[float]]] = FLOP_BASIS | {
+    "llm_first_off_path": lambda t, k: [t],
+    "llm_first": lambda t, k: [t],
     "llm_layer_off_path": lambda t, k: [t],  # flash-style attention keeps O(T)
     "llm_layer": lambda t, k: [t],
     "first_cross_attention": lambda t, k: [t, t * k, k],
     "cross_attention": lambda t, k: [t, t * k, k],
+    "llm_last": lambda t, k: [t, t * k, k],
 }
 
 
