@@ -30,6 +30,7 @@ FSDP2 accumulates *unsharded* gradients across micro-batches (the loop syncs onl
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field, replace
 
 from ..modeling import decoder_layers
@@ -320,27 +321,24 @@ def _communication(facts: ModelFacts, request: PlanRequest, accumulation: int, c
 
 
 def nearest_fit(request: PlanRequest) -> Plan | None:
-    """The closest plan that fits: first checkpointing, then a stronger sharding, then smaller micro-batches (more
-    accumulation, the same global batch), in that order of preference; None if nothing does."""
+    """The closest plan that fits: for the micro-batches that keep the global batch (the requested one first, then
+    by distance), checkpointing, then a stronger sharding; None if nothing does."""
     base = plan_train(request)
     if base.fits:
         return base
     stronger = {"ddp": ["zero2", "fsdp2"], "zero2": ["fsdp2"], "zero3": ["fsdp2"], "fsdp2-hybrid": ["fsdp2"]}
     strategies = [request.strategy, *stronger.get(request.strategy, [])]
-    micro = base.micro_batch
-    micros = []
-    while micro >= 1:
-        micros.append(micro)
-        micro //= 2
+    # Every micro-batch that keeps the global batch, nearest to the requested one first (fewer accumulation steps
+    # can fit where more cannot: FSDP2 holds whole gradients while it accumulates).
+    per_rank = base.global_batch // request.world_size
+    micros = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
+    micros.sort(key=lambda m: (abs(math.log(m / base.micro_batch)), -m))
     for m in micros:
         for strategy in strategies:
             for checkpointing in dict.fromkeys([base.gradient_checkpointing, True]):
-                accumulation = base.global_batch // (m * request.world_size)
-                if m * accumulation * request.world_size != base.global_batch or accumulation < 1:
-                    continue
                 candidate = replace(
                     request, strategy=strategy, gradient_checkpointing=checkpointing, micro_batch=m,
-                    grad_accumulation=accumulation, global_batch=base.global_batch,
+                    grad_accumulation=per_rank // m, global_batch=base.global_batch,
                 )  # fmt: skip
                 plan = plan_train(candidate)
                 if plan.fits:
