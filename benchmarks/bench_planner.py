@@ -55,7 +55,9 @@ def batch_of(config, samples: int, text_tokens: int, crops: int, window: int) ->
     return out
 
 
-def measure(preset: str, stage: int, checkpointing: bool, micro: int, text: int, crops: int) -> dict[str, float]:
+def stage_model(preset: str, stage: int, checkpointing: bool):
+    """The preset at the stage's window, with its trainable set, in training mode (checkpointing as the loop sets
+    it)."""
     spec = STAGES[stage]
     model, _ = build_model(preset)
     model.set_window_size(spec.window_size)
@@ -63,15 +65,20 @@ def measure(preset: str, stage: int, checkpointing: bool, micro: int, text: int,
     model.train()
     if checkpointing:
         enable_gradient_checkpointing(model)
+    return model
+
+
+def training_step(model, optimizer, batch) -> None:
+    model(**batch, skip_logits=True).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure(preset: str, stage: int, checkpointing: bool, micro: int, text: int, crops: int) -> dict[str, float]:
+    model = stage_model(preset, stage, checkpointing)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-    batch = batch_of(model.config, micro, text, crops, spec.window_size)
-
-    def step():
-        model(**batch, skip_logits=True).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
+    batch = batch_of(model.config, micro, text, crops, STAGES[stage].window_size)
+    training_step(model, optimizer, batch)  # AdamW's moments exist from here on, as in a running job
     with LiveTensorMemory(model_state_tensors(model, optimizer)) as memory, FlopCounterMode(display=False) as flops:
         base = memory.live_bytes
         out = model(**batch, skip_logits=True)

@@ -15,8 +15,6 @@ import torch.distributed as dist
 
 from infimm_hd.planning.live_memory import LiveTensorMemory, model_state_tensors
 from infimm_hd.planning.rehearsal import wrap_like_the_loop
-from infimm_hd.presets import build_model
-from infimm_hd.training.loop import enable_gradient_checkpointing
 from infimm_hd.training.recipe import STAGES
 
 CONFIG = Path(__file__).resolve().parents[1] / "tests" / "helpers" / "accelerate_cpu_fsdp.yaml"
@@ -25,26 +23,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "tests" / "helpers" / "accelerate
 def main() -> None:
     stage, micro, text, crops, ckpt = (int(x) for x in sys.argv[1:6])
     dist.init_process_group("gloo")
-    from bench_planner import batch_of  # the same batches as the one-process points
+    from bench_planner import batch_of, stage_model, training_step  # the one-process points' model and step
 
-    spec = STAGES[stage]
-    model, _ = build_model("tiny")
-    model.set_window_size(spec.window_size)
-    if ckpt:
-        enable_gradient_checkpointing(model)
-    model = wrap_like_the_loop(model, stage, CONFIG, dist.get_rank())
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batch = batch_of(model.config, micro, text, crops, spec.window_size)
-
-    def step():
-        model(**batch, skip_logits=True).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
+    model = wrap_like_the_loop(stage_model("tiny", stage, bool(ckpt)), stage, CONFIG, dist.get_rank())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    batch = batch_of(model.config, micro, text, crops, STAGES[stage].window_size)
+    training_step(model, optimizer, batch)
     with LiveTensorMemory(model_state_tensors(model, optimizer)) as memory:
-        step()
+        training_step(model, optimizer, batch)
     peaks = [None] * dist.get_world_size()
     dist.all_gather_object(peaks, memory.peak_bytes)
     if dist.get_rank() == 0:

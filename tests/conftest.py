@@ -116,3 +116,14 @@ def tiny_with_gates(tiny):
     model, processor = tiny
     randomize_gates(model)
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def caption_shards(tmp_path_factory):
+    """16 synthetic caption images (1x3 windows) as webdataset shards: what the 2-process stage-1 runs read."""
+    from data_prep.synthetic import generate
+
+    out = tmp_path_factory.mktemp("data")
+    generate(out, num_images_train=16, num_images_heldout=1, tasks=("caption",), grids=((1, 3),), workers=1,
+             log=lambda *a: None)  # fmt: skip
+    return out

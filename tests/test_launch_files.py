@@ -42,7 +42,6 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from torch.distributed.fsdp import CPUOffloadPolicy
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from data_prep.synthetic import generate
 from infimm_hd import InfiMMHDForConditionalGeneration, build_model
 from infimm_hd.training.config import TrainConfig
 from infimm_hd.training.progress import read_log
@@ -336,11 +335,8 @@ def cpu_variant(config: Path, folder: Path, **top_level: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    generate(out, num_images_train=16, num_images_heldout=1, tasks=("caption",), grids=((1, 3),), workers=1,
-             log=lambda *a: None)  # fmt: skip
-    return out
+def data(caption_shards) -> Path:
+    return caption_shards
 
 
 def launch_stage1(config: Path, data: Path, output: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

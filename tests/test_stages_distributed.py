@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data_prep.synthetic import generate
 from infimm_hd import InfiMMHDForConditionalGeneration
 from infimm_hd.training.progress import read_log
 
@@ -29,11 +28,8 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    generate(out, num_images_train=16, num_images_heldout=1, tasks=("caption",), grids=((1, 3),), workers=1,
-             log=lambda *a: None)  # fmt: skip
-    return out
+def data(caption_shards) -> Path:
+    return caption_shards
 
 
 def stage1_args(data: Path, output: Path, workers: int, accumulation: int) -> list[str]:
