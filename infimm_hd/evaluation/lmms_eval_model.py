@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from ..inference.generation import DECODE_KWARGS
 from ..inference.loading import DTYPES, load_model, pick_device
+from ..linear_logprobs import logprobs_of
 from ..processing import IMAGE_TOKEN
 
 # torch's names, as lmms-eval users write them for other models, beside our CLI's short ones.
@@ -315,13 +316,8 @@ class InfiMMHDLmms(lmms):
         # Left padding shifts the text; explicit positions make every row score as it would alone (RoPE LLMs are
         # shift-invariant anyway, absolute-position ones are not).
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(**inputs, position_ids=positions, logits_to_keep=keep + 1).logits  # (B, K + 1, V)
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, K, V): position j predicts ids[:, -K + j]
-        results = []
-        for row, k in enumerate(scored):
-            targets = ids[row, -k:]  # (k,)
-            row_logprobs = logprobs[row, keep - k :]  # (k, V)
-            total = row_logprobs.gather(-1, targets.unsqueeze(-1)).sum()
-            greedy = bool((row_logprobs.argmax(-1) == targets).all())
-            results.append((float(total), greedy))
-        return results
+        logits = self.model(**inputs, position_ids=positions, logits_to_keep=keep + 1).logits[:, :-1]  # (B, K, V)
+        targets = ids[:, -keep:]  # (B, K): logits[:, j] predicts targets[:, j]
+        token_logprobs = logprobs_of(logits, targets)  # (B, K) float32
+        greedy = logits.argmax(-1) == targets  # (B, K)
+        return [(float(token_logprobs[row, -k:].sum()), bool(greedy[row, -k:].all())) for row, k in enumerate(scored)]
