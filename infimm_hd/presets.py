@@ -109,6 +109,9 @@ def _assemble(llm, tokenizer, tower: dict, fusion: dict, seed: int, llm_source: 
     return model.eval(), _processor_for(model, tokenizer)
 
 
+PRESETS = ("tiny", "smollm2-135m", "paper-13b")
+
+
 def build_model(name: str, seed: int = 0, device: str | torch.device | None = None, **overrides: Any):
     """Build a named preset; returns `(model, processor)` (`processor` is None for `paper-13b`: its tokenizer is
     Vicuna's, which is not shipped offline; pass `tokenizer=` to get one)."""
@@ -122,7 +125,7 @@ def build_model(name: str, seed: int = 0, device: str | torch.device | None = No
         return _assemble(llm, tokenizer, SMOL_TOWER, fusion, seed, BaseSource("smollm2-gguf"))
     if name == "paper-13b":
         return _build_paper(device=device, **overrides)
-    raise ValueError(f"unknown preset {name!r}; choose one of: tiny, smollm2-135m, paper-13b")
+    raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
 
 
 def vicuna_13b_config(vocab_size: int = 32002) -> LlamaConfig:

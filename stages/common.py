@@ -16,6 +16,7 @@ from typing import Any
 
 from infimm_hd.evaluation.during_training import BenchmarkDuringTraining
 from infimm_hd.objectives import add_mask_token, build_objective, objective_names
+from infimm_hd.presets import PRESETS
 from infimm_hd.training.config import TrainConfig
 from infimm_hd.training.data import LoaderConfig, StreamingLoader
 from infimm_hd.training.loop import make_accelerator, train
@@ -23,7 +24,6 @@ from infimm_hd.training.plots import plot_loss
 from infimm_hd.training.recipe import PAPER, SMALL, STAGES, Hyperparameters, StageSpec, hyperparameters
 from infimm_hd.training.trainable import apply_trainable, check_trainable, trainable_table
 
-PRESETS = ("tiny", "smollm2-135m", "paper-13b")
 # The recipe (stage specs, Table 8) lives in infimm_hd.training.recipe; re-exported for the stage scripts.
 __all__ = ["PAPER", "PRESETS", "SMALL", "STAGES", "Hyperparameters", "StageSpec", "hyperparameters", "run_stage"]
 

@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..modeling import decoder_layers
+from ..presets import PRESETS, build_model
 from ..training.recipe import PAPER, SMALL, STAGES, Hyperparameters, StageSpec
 from ..training.trainable import TrainableSpec, apply_trainable, parameter_groups
 from .hardware import USABLE_FRACTION, GpuSpec, gpu
@@ -42,7 +43,6 @@ from .probe import REPEATED, forward_order, step_high_water, unit_modules
 from .shape_laws import UnitCosts, UnitLaws
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2", "fsdp2-hybrid")
-PRESETS = ("tiny", "smollm2-135m", "paper-13b")
 BYTES = {"bf16": 2, "fp32": 4}
 
 
@@ -106,18 +106,14 @@ class ModelFacts:
     config: object
     total_params: int
     trainable_params: int
-    group_params: dict[str, int]
     order: tuple[str, ...]  # unit kinds in forward order
     unit_counts: dict[str, int]
     largest_unit_params: int  # the largest FSDP2 / ZeRO-3 gather (a decoder layer or a cross-attention block)
     vision_params: int
-    cross_attention_params: int
 
 
 @functools.lru_cache(maxsize=32)
 def model_facts(preset: str, trainable: TrainableSpec) -> ModelFacts:
-    from ..presets import build_model
-
     if preset not in PRESETS:
         raise PlanError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     model, _ = build_model(preset, device="meta") if preset == "paper-13b" else build_model(preset)
@@ -136,12 +132,10 @@ def model_facts(preset: str, trainable: TrainableSpec) -> ModelFacts:
         config=model.config,
         total_params=sum(p.numel() for p in params.values()),
         trainable_params=sum(p.numel() for p in params.values() if p.requires_grad),
-        group_params=groups,
         order=tuple(forward_order(units)),
         unit_counts={k: sum(1 for v in units.values() if v == k) for k in REPEATED},
         largest_unit_params=max(sum(p.numel() for p in m.parameters()) for m in gathered),
         vision_params=groups.get("vision_tower", 0),
-        cross_attention_params=groups.get("cross_attention", 0),
     )
 
 

@@ -152,6 +152,11 @@ def vision_blocks(model: InfiMMHDForConditionalGeneration) -> list[nn.Module]:
     raise ValueError(f"cannot find the vision tower's {depth} blocks")
 
 
+def llm_frozen(trainable: TrainableSpec) -> bool:
+    """Neither the LLM nor its embeddings train, so no gradient reaches the layers before the first block."""
+    return not (trainable.language_model or trainable.embeddings)
+
+
 def unit_modules(model: InfiMMHDForConditionalGeneration, trainable: TrainableSpec) -> dict[nn.Module, str]:
     """Every repeated unit -> its kind, in forward order.
 
@@ -164,7 +169,7 @@ def unit_modules(model: InfiMMHDForConditionalGeneration, trainable: TrainableSp
     """
     units: dict[nn.Module, str] = {}
     first_block = min(model.config.cross_attention_layers)
-    frozen_prefix = not (trainable.language_model or trainable.embeddings)
+    frozen_prefix = llm_frozen(trainable)
     layers = list(decoder_layers(model.language_model))
     for index, layer in enumerate(layers):
         off_path = "_off_path" if frozen_prefix and index < first_block else ""
@@ -286,11 +291,9 @@ def measure_step(
     # A unit's activations: what is live at the next unit's start minus what was live at its own, so the input it
     # replaces (freed when the caller moves on) is not counted twice; the last unit of a chain (`llm_last`,
     # `vision_last`) has no next unit and counts up to its own end.
-    chain_end = {}
     for index, module in enumerate(order):
         following = order[index + 1] if index + 1 < len(order) else None
         same_chain = following is not None and is_vision(units[following]) == is_vision(units[module])
-        chain_end[module] = not same_chain
         end = forward_end[module] if not same_chain else forward_start[following]
         costs[module].retained_bytes = end - forward_start[module]
     for module in units:
@@ -380,7 +383,7 @@ def probe_unit_laws(
     """Run the probe shapes on the reduced model and fit every unit's laws; `windows`: the stage tiles (probe 2 and
     3 crops), else it sees thumbnails only (probe 1 and 2)."""
     crops = PROBE_CROPS_WINDOWS if windows else PROBE_CROPS_THUMBNAIL
-    model = build_probe_model(config, frozen_prefix=not (trainable.language_model or trainable.embeddings))
+    model = build_probe_model(config, frozen_prefix=llm_frozen(trainable))
     if window != model.config.window_size:
         model.set_window_size(window)
     apply_trainable(model, trainable)

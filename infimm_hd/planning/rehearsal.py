@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..training.recipe import STAGES
-from ..training.trainable import apply_trainable, parameter_groups
+from ..training.trainable import apply_trainable
+from .probe import llm_frozen
 
 COMPUTE_BYTES = {"bf16": 2, "fp32": 4}
 
@@ -130,7 +131,6 @@ def rehearse(model: nn.Module, stage: int, world_size: int, config_file: str | P
     from torch.distributed.tensor import DTensor
 
     apply_trainable(model, STAGES[stage].trainable)
-    groups = parameter_groups(model)
     trains = {name: p.requires_grad for name, p in model.named_parameters()}
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     result = Rehearsal(world_size, rank)
@@ -144,7 +144,7 @@ def rehearse(model: nn.Module, stage: int, world_size: int, config_file: str | P
                 continue
             result.parameters[name] = (rows, int(param.to_local().shape[0]) if shape else 1, per_row, trains[name])
         first_block = min(model.config.cross_attention_layers)
-        llm_trains = any(p.requires_grad for n, p in model.named_parameters() if groups[n] == "language_model")
+        llm_trains = not llm_frozen(STAGES[stage].trainable)  # the probe's rule for who gets a gradient
         for module_name, module in model.named_modules():
             if not isinstance(module, FSDPModule):
                 continue
