@@ -128,3 +128,19 @@ def test_frozen_prefix_layers_keep_nothing_and_cost_forward_only():
     ratio = laws.flops["llm_layer"](300, 1) / laws.flops["llm_layer_off_path"](300, 1)
     assert 2.0 <= ratio <= 3.5
     assert set(laws.flops) == set(UNIT_KINDS)
+
+
+def test_a_checkpointed_step_is_measured_as_it_runs_without_the_probe():
+    """The probe's hooks and its FLOP count must not change the memory of the step they measure: FlopCounterMode
+    around a checkpointed step keeps the recomputed tensors alive (3.7x the peak for this step), which once made
+    the planner's checkpointed figures wrong on both sides. Reference: the same step under LiveTensorMemory alone."""
+    model, units = full_tiny(4, checkpointing=True)
+    batch = probe_batch(model.config, ProbeSample(300, 5), STAGES[4].window_size)
+    run = measure_step(model, batch, units)
+    with LiveTensorMemory(model_state_tensors(model)) as memory:
+        base = memory.live_bytes
+        model(**batch, skip_logits=True).loss.backward()
+    model.zero_grad(set_to_none=True)
+    expected = memory.peak_bytes - base  # to a few bytes: the hooks make scalars of their own
+    assert run.peak_bytes - run.base_bytes == pytest.approx(expected, rel=1e-3), "the probe changed the step's peak"
+    assert run.units["llm_layer"].flops > 0, "the FLOP pass counted nothing"

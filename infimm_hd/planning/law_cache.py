@@ -17,7 +17,7 @@ from ..training.trainable import TrainableSpec
 from .probe import probe_unit_laws
 from .shape_laws import FLOP_BASIS, MEMORY_BASIS, WORK_BASIS, ShapeLaw, UnitLaws
 
-PROBE_VERSION = 4  # bump when what a probe measures changes: cached laws of older versions are not read
+PROBE_VERSION = 5  # bump when what a probe measures changes: cached laws of older versions are not read
 
 
 def _cache_file(config: InfiMMHDConfig, key: dict) -> Path:
