@@ -22,7 +22,8 @@ from .plan import PRESETS, STRATEGIES, Plan, PlanError, PlanRequest, nearest_fit
 
 # With gradient checkpointing the planner's peak is its least accurate figure: at the validation points of
 # benchmarks/bench_planner.py (2026-12-06, AMD EPYC, 2 cores) the measured peak was up to 1.27x the prediction
-# (SmolLM2-135M stage 4). Printed beside every checkpointed plan until the probe accounts for it.
+# (SmolLM2-135M stage 4), measured under FlopCounterMode, which inflates checkpointed steps (probe.count_flops);
+# printed beside every checkpointed plan until those points are re-measured without it.
 CHECKPOINTED_PEAK_MARGIN = 1.27
 
 
