@@ -22,8 +22,9 @@ from .plan import PRESETS, STRATEGIES, Plan, PlanError, PlanRequest, nearest_fit
 
 # With gradient checkpointing the planner's peak is its least accurate figure: at the validation points of
 # benchmarks/bench_planner.py (2026-12-06, AMD EPYC, 2 cores) the measured peak was up to 1.27x the prediction
-# (SmolLM2-135M stage 4), measured under FlopCounterMode, which inflates checkpointed steps (probe.count_flops);
-# printed beside every checkpointed plan until those points are re-measured without it.
+# (SmolLM2-135M stage 4), but those points were measured under FlopCounterMode, which inflates checkpointed steps
+# (probe.count_flops); re-measured without it (2026-12-07, Intel Xeon) the largest was 1.028 (SmolLM2 stage 4), so
+# this margin is stale and is to be dropped with the README's paper-13b re-plan (issue 18).
 CHECKPOINTED_PEAK_MARGIN = 1.27
 
 
