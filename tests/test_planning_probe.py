@@ -47,6 +47,26 @@ def test_live_memory_counts_each_storage_once_and_sees_frees():
     assert memory.live_bytes == 1024
 
 
+def test_live_memory_follows_storages_resized_in_place():
+    """FSDP2 frees a unit's gathered parameters with `storage.resize_(0)` while autograd keeps the tensor alive, and
+    gathers them again by resizing back: counted as freed and allocated, not as alive throughout (which read every
+    FSDP2 unit as gathered from its first forward to the end of the step)."""
+    kept = torch.ones(1024, dtype=torch.float32)  # 4 KiB, made before the block and kept alive through it
+    with LiveTensorMemory() as memory:
+        saved = torch.ones(32, 32)  # 4 KiB made in the block
+        saved.untyped_storage().resize_(0)  # freed, the tensor still referenced
+        assert memory.live_bytes == 0
+        kept.untyped_storage().resize_(0)
+        kept.untyped_storage().resize_(2048)  # an untracked storage allocated by a resize: 2 KiB
+        assert memory.live_bytes == 2048
+        saved.untyped_storage().resize_(4096)
+        assert memory.live_bytes == 2048 + 4096
+        saved.resize_(2048)  # a dispatched resize of the tensor: 8 KiB
+        assert memory.live_bytes == 2048 + 8192
+    assert memory.peak_bytes == 2048 + 8192
+    assert torch.UntypedStorage.resize_ is torch._C.StorageBase.resize_  # the wrapper is gone after the block
+
+
 def test_live_memory_sees_backward_and_optimizer_state():
     layer = torch.nn.Linear(64, 64, bias=False)
     optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3)

@@ -7,6 +7,13 @@ parameter and raises on frozen ones (torch 2.14), and every training stage but n
 once while it is alive (a weak reference tells when it is freed), and keeps the peak. What existed before the block
 (parameters, buffers, optimizer states, gradients) is counted from `existing`. No allocator rounding or caching is
 modelled: it measures the bytes tensors hold, which is what the planner predicts.
+
+Storages that change size are followed too. FSDP2 frees a unit's gathered parameters by resizing their storages to
+zero bytes (`storage.resize_(0)`) and gathers them again by resizing them back, while autograd keeps the same
+tensors alive for backward: a tracker that only watched tensors die would count every unit as gathered from its
+first forward to the end of the step. `UntypedStorage.resize_` is not a dispatched operator, so while the block
+runs it is wrapped (class attribute, restored on exit) to report each resize here; `aten.resize_` on a tensor is
+dispatched and caught by re-reading the size of every storage an operator returns.
 """
 
 from __future__ import annotations
@@ -38,16 +45,41 @@ class LiveTensorMemory(TorchDispatchMode):
         local = getattr(tensor, "_local_tensor", None)  # a DTensor (FSDP2 shard): its local storage is the memory
         if local is not None:
             tensor = local
-        storage = tensor.untyped_storage()
+        self._track_storage(tensor.untyped_storage())
+
+    def _track_storage(self, storage: torch.UntypedStorage) -> None:
         key = id(storage)
-        if key in self._live:
-            return
         size = storage.nbytes()
+        if key in self._live:
+            self._resize(key, size)
+            return
         self._live[key] = size
         self._refs[key] = weakref.ref(storage, lambda _, key=key: self._free(key))
         self.live_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         self.window_peak = max(self.window_peak, self.live_bytes)
+
+    def _resize(self, key: int, size: int) -> None:
+        self.live_bytes += size - self._live[key]
+        self._live[key] = size
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        self.window_peak = max(self.window_peak, self.live_bytes)
+
+    def __enter__(self) -> LiveTensorMemory:
+        original = self._original_resize = torch.UntypedStorage.resize_
+
+        def resize_(storage: torch.UntypedStorage, size: int) -> torch.UntypedStorage:
+            out = original(storage, size)
+            if storage.device.type != "meta":
+                self._track_storage(storage)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        torch.UntypedStorage.resize_ = self._original_resize
+        return super().__exit__(*exc)
 
     def open_window(self) -> int:
         """Start a new window (its peak is `window_peak`); returns the bytes live now."""
