@@ -45,7 +45,13 @@ POINTS = [  # (preset, stage, checkpointing, micro-batch, text tokens, crops)
     ("smollm2-135m", 4, True, 2, 384, 5),
 ]
 QUICK = POINTS[:6]
-TWO_RANKS = [(2, False, 2, 256, 1), (3, False, 2, 200, 5), (4, False, 2, 400, 7), (4, True, 2, 400, 7)]
+TWO_RANKS = [  # (stage, checkpointing, micro-batch, text tokens, crops); the first peaks at the root unit's reduce-scatter
+    (2, False, 1, 12, 1),
+    (2, False, 2, 256, 1),
+    (3, False, 2, 200, 5),
+    (4, False, 2, 400, 7),
+    (4, True, 2, 400, 7),
+]
 
 
 def batch_of(config, samples: int, text_tokens: int, crops: int, window: int) -> dict[str, torch.Tensor]:

@@ -43,6 +43,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from infimm_hd import InfiMMHDForConditionalGeneration, build_model
+from infimm_hd.planning.rehearsal import LOOP_FSDP2_CONFIG
 from infimm_hd.training.config import TrainConfig
 from infimm_hd.training.progress import read_log
 from infimm_hd.xattn import CrossAttentionDecoderLayer
@@ -105,6 +106,13 @@ def test_fsdp2_config_resolves_to_the_plugin_the_loop_expects():
     assert plugin.reshard_after_forward is True
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
     assert not isinstance(plugin.cpu_offload, CPUOffloadPolicy), "no parameter offload"
+
+
+def test_the_planner_rehearses_the_shipped_fsdp2_wrapping():
+    """`plan-train` rehearses `LOOP_FSDP2_CONFIG` (an installed package has no launch/ folder): it must be the
+    shipped config's wrapping, key for key."""
+    shipped = yaml.safe_load(FSDP2.read_text())["fsdp_config"]
+    assert {k: shipped[k] for k in LOOP_FSDP2_CONFIG} == LOOP_FSDP2_CONFIG
 
 
 @pytest.fixture(scope="module")

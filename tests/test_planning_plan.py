@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from infimm_hd.modeling import decoder_layers
 from infimm_hd.planning import command, hardware
 from infimm_hd.planning.plan import PlanError, PlanRequest, model_facts, nearest_fit, plan_train
 from infimm_hd.planning.probe import REPEATED, ProbeSample, measure_step, probe_batch, unit_modules
@@ -32,11 +34,41 @@ def test_state_memory_follows_the_sharding_table():
     assert zero2["parameters (fp32)"] == total and zero2["gradients (fp32)"] == trainable / w
     assert zero2["optimizer states (AdamW, fp32)"] == 2 * trainable / w
     assert fsdp["parameters (fp32)"] == total / w and fsdp["optimizer states (AdamW, fp32)"] == 2 * trainable / w
-    assert fsdp["gathered root unit (vision tower)"] == facts.vision_params * 2  # bf16 compute copy
     # Activations do not depend on the sharding; the peak is the sum of the components.
     assert ddp["activations (micro-batch)"] == fsdp["activations (micro-batch)"]
     for plan in plans.values():
         assert plan.peak_bytes == pytest.approx(sum(plan.memory.values()))
+
+
+def test_fsdp2_counts_the_units_the_loop_wraps():
+    """Expectations from the model's own modules, not from the rehearsal the planner reads: the root unit holds
+    everything outside the decoder layers and the input embedding (the vision tower among it) and stays gathered
+    with the LM head; the largest resharding unit is a decoder layer; in stage 4 every decoder layer trains, so one
+    unit's reduce-scatter is its float32 gradients twice (unsharded + FSDP2's flat copy)."""
+    model, _ = build_model("tiny")
+    total = sum(p.numel() for p in model.parameters())
+    in_layers = sum(p.numel() for layer in decoder_layers(model.language_model) for p in layer.parameters())
+    embedding = model.language_model.get_input_embeddings().weight.numel()
+    layer = max(sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, LlamaDecoderLayer))
+    memory = plan_train(tiny(4, world_size=4, grad_accumulation=1)).memory
+    assert memory["gathered root unit (vision tower) and LM head"] == (total - in_layers - embedding) * 2  # bf16
+    assert memory["gathered layers (current + prefetch)"] == 2 * layer * 2
+    assert memory["reduce-scatter of one unit (fp32)"] == 2 * layer * 4
+
+
+def test_a_stage_training_the_tower_peaks_at_the_root_reduce_scatter():
+    """FSDP2 reduces the root unit (the vision tower) after backward: with little activation memory the peak is the
+    sharded state plus the tower's whole float32 gradients and their flat copy (measured on 2 processes:
+    benchmarks/bench_planner.py, first FSDP2 row)."""
+    model, _ = build_model("tiny")
+    apply_trainable(model, STAGES[2].trainable)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tower = sum(p.numel() for p in model.vision_tower.parameters() if p.requires_grad)
+    w = 2
+    plan = plan_train(tiny(2, world_size=w, micro_batch=1, text_tokens=12, crops=1, grad_accumulation=1))
+    assert "root unit's reduce-scatter (end of backward, above the rest)" in plan.memory
+    assert plan.peak_bytes == pytest.approx(total * 4 / w + trainable * (8 + 4) / w + 2 * tower * 4)
 
 
 def test_fsdp2_with_accumulation_holds_whole_gradients():

@@ -20,8 +20,16 @@ Where the numbers come from:
 | ddp | whole | whole (+ a bucket copy) | whole | |
 | zero2 | whole | / W | / W | |
 | zero3 | / W | / W | / W | the two largest layers gathered (current + prefetch), in the compute dtype |
-| fsdp2 | / W | / W | / W | as zero3, plus the root unit (the vision tower, see launch/) gathered |
+| fsdp2 | / W | / W | / W | the units of the loop's wrapping (below) |
 | fsdp2-hybrid | / node | / node | / node | as fsdp2 |
+
+FSDP2's units are read off the loop's own wrapping (`rehearsal.rehearse`, accelerate's `fsdp2_prepare_model` under a
+fake process group), not assumed. Per GPU they add: the units that stay gathered from their forward to the end of
+backward (the root, which holds the vision tower, and the LM head), two resharding units gathered at once (current
++ prefetch), and one unit's reduce-scatter (its unsharded float32 gradients and the flat copy FSDP2 reduces). The
+root unit reduce-scatters last, when backward is done: until then the vision tower's gradients are whole, and at
+that moment its gradients and their flat copy are alive together (`root unit's reduce-scatter`, the peak of a stage
+that trains the tower, after its gathered parameters were resharded).
 
 FSDP2 accumulates *unsharded* gradients across micro-batches (the loop syncs only on the last one, and FSDP2's
 `set_requires_gradient_sync(False)` keeps full gradients): with accumulation > 1 the gradients are whole there.
@@ -40,6 +48,7 @@ from ..training.trainable import TrainableSpec, apply_trainable, parameter_group
 from .hardware import USABLE_FRACTION, GpuSpec, gpu
 from .law_cache import cached_unit_laws
 from .probe import REPEATED, forward_order, step_high_water, unit_modules
+from .rehearsal import UnitShard, rehearse, unit_traffic
 from .shape_laws import UnitCosts, UnitLaws
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2", "fsdp2-hybrid")
@@ -139,6 +148,42 @@ def model_facts(preset: str, trainable: TrainableSpec) -> ModelFacts:
     )
 
 
+@dataclass(frozen=True)
+class FsdpLayout:
+    """FSDP2's units as the loop wraps a stage (from `rehearsal.rehearse`). Which modules form units, their sizes and
+    which reshard after forward do not depend on the world size: rehearsed once per preset and stage."""
+
+    units: tuple[UnitShard, ...]
+
+    @property
+    def held_params(self) -> int:
+        """Gathered from their forward to the end of backward: the root (it holds the vision tower) and the LM head."""
+        return sum(u.params for u in self.units if not u.reshard_after_forward)
+
+    @property
+    def largest_resharded_params(self) -> int:
+        return max((u.params for u in self.units if u.reshard_after_forward), default=0)
+
+    @property
+    def largest_unit_trainable(self) -> int:
+        """The largest reduce-scatter during backward (every unit but the root, which reduces last)."""
+        return max((u.trainable for u in self.units if u.name), default=0)
+
+    @property
+    def root_trainable(self) -> int:
+        return sum(u.trainable for u in self.units if not u.name)
+
+    @property
+    def root_holds_vision_tower(self) -> bool:
+        return not any(u.name.startswith("vision_tower") for u in self.units)
+
+
+@functools.lru_cache(maxsize=32)
+def fsdp_layout(preset: str, stage: int) -> FsdpLayout:
+    model, _ = build_model(preset, device="meta") if preset == "paper-13b" else build_model(preset)
+    return FsdpLayout(tuple(rehearse(model, stage, world_size=2).units))
+
+
 @functools.lru_cache(maxsize=32)
 def stage_laws(preset: str, stage: int, gradient_checkpointing: bool) -> UnitLaws:
     spec = STAGES[stage]
@@ -233,14 +278,18 @@ def plan_train(request: PlanRequest) -> Plan:
     rest_grads = grad_total - sum(per_kind_grads[k] * facts.unit_counts[k] for k in REPEATED)
     measured = laws.costs(text, crops)
 
-    def cost(kind: str) -> UnitCosts:
+    layout = fsdp_layout(request.preset, request.stage) if fsdp and shard > 1 else None
+    # FSDP2 reduce-scatters the root unit (the vision tower's blocks) only when backward is done: whole until then.
+    whole_until_the_end = ("vision_block", "vision_last") if layout and layout.root_holds_vision_tower else ()
+
+    def cost(kind: str, root_whole: bool = False) -> UnitCosts:
         c = measured(kind)
         grads = rest_grads if kind == "rest" else per_kind_grads[kind]
-        return UnitCosts(c.retained_bytes * scale, c.forward_work * scale, c.backward_work * scale, grads / grad_shard)
+        grads = grads if (root_whole and kind in whole_until_the_end) else grads / grad_shard
+        return UnitCosts(c.retained_bytes * scale, c.forward_work * scale, c.backward_work * scale, grads)
 
-    dynamic = step_high_water(
-        list(facts.order), cost, laws.head_work(text, crops) * scale, laws.stem_work(text, crops) * scale
-    )
+    head, stem = laws.head_work(text, crops) * scale, laws.stem_work(text, crops) * scale
+    dynamic = step_high_water(list(facts.order), cost, head, stem)
     activations = cost("rest").retained_bytes + sum(cost(k).retained_bytes * facts.unit_counts[k] for k in REPEATED)
     gradients = grad_total / grad_shard
     memory = {
@@ -250,12 +299,26 @@ def plan_train(request: PlanRequest) -> Plan:
     }
     if strategy == "ddp":
         memory["DDP gradient buckets"] = grad_total
-    if strategy in ("zero3", "fsdp2", "fsdp2-hybrid") and shard > 1:
+    if strategy == "zero3" and shard > 1:
         memory["gathered layers (current + prefetch)"] = 2.0 * facts.largest_unit_params * compute
-    if fsdp and shard > 1:
-        memory["gathered root unit (vision tower)"] = facts.vision_params * compute
+    if layout is not None:
+        copies = 2 if grad_shard > 1 else 1  # unsharded gradients + the flat copy; accumulated ones are counted above
+        memory["gathered root unit (vision tower) and LM head"] = layout.held_params * compute
+        memory["gathered layers (current + prefetch)"] = 2.0 * layout.largest_resharded_params * compute
+        memory["reduce-scatter of one unit (fp32)"] = copies * layout.largest_unit_trainable * 4.0
     memory["activations (micro-batch)"] = activations
     memory["working memory (backward, loss chunk)"] = max(0.0, dynamic - activations - gradients)
+    if layout is not None and whole_until_the_end and grad_shard > 1:
+        whole = step_high_water(list(facts.order), functools.partial(cost, root_whole=True), head, stem)
+        if whole > dynamic:
+            memory["vision tower's gradients until the root's reduce-scatter"] = whole - dynamic
+    if layout is not None:
+        # The end of backward: every unit but the root resharded and reduced, the root's gradients and their flat
+        # copy alive together. It is the peak when it exceeds all of the above but the sharded state.
+        during = sum(memory.values()) - memory["parameters (fp32)"] - memory["optimizer states (AdamW, fp32)"]
+        end = gradients + copies * layout.root_trainable * 4.0
+        if end > during:
+            memory["root unit's reduce-scatter (end of backward, above the rest)"] = end - during
     shares = {
         "activations of the vision tower": sum(
             cost(k).retained_bytes * facts.unit_counts[k] for k in ("vision_block", "vision_last")
@@ -297,14 +360,14 @@ def _communication(facts: ModelFacts, request: PlanRequest, accumulation: int, c
     if strategy == "zero2":
         return {"reduce-scatter gradients": ring * grads, "all-gather updated parameters": ring * grads}
     group = world if strategy != "fsdp2-hybrid" else request.gpus_per_node
-    ring = (group - 1) / group
-    # Every micro-batch gathers each unit for its forward and, resharded after it, again for its backward; FSDP2's
-    # root unit (the vision tower) stays gathered from forward to backward.
-    regathered = facts.total_params - (facts.vision_params if strategy.startswith("fsdp2") else 0)
-    out = {
-        "all-gather parameters (forward + backward)": ring * (facts.total_params + regathered) * compute * accumulation,
-        "reduce-scatter gradients": ring * grads * (1 if strategy.startswith("fsdp2") else accumulation),
-    }
+    if strategy.startswith("fsdp2"):
+        out = unit_traffic(list(fsdp_layout(request.preset, request.stage).units), group, compute, accumulation)
+    else:  # ZeRO-3: every layer gathered for each micro-batch's forward and again for its backward
+        ring = (group - 1) / group
+        out = {
+            "all-gather (forward + backward)": ring * 2 * facts.total_params * compute * accumulation,
+            "reduce-scatter (gradients)": ring * grads * accumulation,
+        }
     if strategy == "fsdp2-hybrid" and world > group:
         replicas = world // group
         out["all-reduce shards across nodes"] = 2 * (replicas - 1) / replicas * grads / group

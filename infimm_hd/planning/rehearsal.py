@@ -17,11 +17,12 @@ reshard-after-forward flag. From it:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,20 +49,36 @@ def fake_process_group(rank: int, world_size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def fsdp_plugin(config_file: str | Path):
-    """The FSDP plugin an accelerate config file gives the loop (FSDP2 only)."""
-    from accelerate.commands.config.config_args import load_config_from_file
+# The wrapping keys of the shipped FSDP2 configs (launch/accelerate/fsdp2_8gpu.yaml and the CPU test config, whose
+# fsdp_config blocks are the same; tests/test_launch_files.py checks them against this): what the planner rehearses
+# when it is given no config file, so an installed package plans without the repository's launch/ folder.
+LOOP_FSDP2_CONFIG = {
+    "fsdp_version": 2,
+    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "fsdp_transformer_layer_cls_to_wrap": "CrossAttentionDecoderLayer,LlamaDecoderLayer",
+    "fsdp_reshard_after_forward": True,
+}
+
+
+def fsdp_plugin(config: str | Path | Mapping[str, Any] = LOOP_FSDP2_CONFIG):
+    """The FSDP plugin an accelerate config file (or its `fsdp_config` block as a mapping) gives the loop (FSDP2
+    only)."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    config = load_config_from_file(str(config_file)).fsdp_config or {}
-    if int(config.get("fsdp_version", 1)) != 2:
-        raise ValueError(f"{config_file}: the rehearsal covers FSDP2 configs (fsdp_version: 2)")
-    names = config.get("fsdp_transformer_layer_cls_to_wrap")
+    if isinstance(config, Mapping):
+        block, where = dict(config), "the fsdp_config"
+    else:
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        block, where = load_config_from_file(str(config)).fsdp_config or {}, str(config)
+    if int(block.get("fsdp_version", 1)) != 2:
+        raise ValueError(f"{where}: the rehearsal covers FSDP2 configs (fsdp_version: 2)")
+    names = block.get("fsdp_transformer_layer_cls_to_wrap")
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
-        auto_wrap_policy=str(config.get("fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")).lower(),
+        auto_wrap_policy=str(block.get("fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")).lower(),
         transformer_cls_names_to_wrap=names.split(",") if isinstance(names, str) else names,
-        reshard_after_forward=bool(config.get("fsdp_reshard_after_forward", True)),
+        reshard_after_forward=bool(block.get("fsdp_reshard_after_forward", True)),
     )
 
 
@@ -100,19 +117,28 @@ class Rehearsal:
 
     def communication(self, compute: str = "bf16", accumulation: int = 1) -> dict[str, float]:
         """Bytes one rank sends per optimizer step (ring collectives: (W-1)/W of each unsharded buffer)."""
-        ring = (self.world_size - 1) / self.world_size
-        size = COMPUTE_BYTES[compute]
-        forward = sum(u.params for u in self.units) * size
-        backward = sum(u.params for u in self.units if u.reshard_after_forward and u.on_gradient_path) * size
-        grads = sum(u.trainable for u in self.units) * 4
-        return {
-            "all-gather (forward)": ring * forward * accumulation,
-            "all-gather (backward)": ring * backward * accumulation,
-            "reduce-scatter (gradients)": ring * grads,
-        }
+        return unit_traffic(self.units, self.world_size, COMPUTE_BYTES[compute], accumulation)
 
 
-def wrap_like_the_loop(model: nn.Module, stage: int, config_file: str | Path, rank: int = 0) -> nn.Module:
+def unit_traffic(units: list[UnitShard], group: int, compute_bytes: int, accumulation: int) -> dict[str, float]:
+    """Bytes one rank of a `group`-rank shard group sends per optimizer step: every unit all-gathered for each
+    micro-batch's forward, again for its backward when it reshards after forward and a gradient passes through it,
+    and the trainable parameters' float32 gradients reduce-scattered once (the loop syncs on the last micro-batch
+    only). Ring collectives: (group-1)/group of each unsharded buffer."""
+    ring = (group - 1) / group
+    forward = sum(u.params for u in units) * compute_bytes
+    backward = sum(u.params for u in units if u.reshard_after_forward and u.on_gradient_path) * compute_bytes
+    grads = sum(u.trainable for u in units) * 4
+    return {
+        "all-gather (forward)": ring * forward * accumulation,
+        "all-gather (backward)": ring * backward * accumulation,
+        "reduce-scatter (gradients)": ring * grads,
+    }
+
+
+def wrap_like_the_loop(
+    model: nn.Module, stage: int, config_file: str | Path | Mapping[str, Any] = LOOP_FSDP2_CONFIG, rank: int = 0
+) -> nn.Module:
     """Stage `stage`'s trainable set, then accelerate's `fsdp2_prepare_model` with the config's plugin (as
     `Accelerator.prepare` does in the loop). Needs an initialised process group (see `fake_process_group`)."""
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
@@ -125,7 +151,13 @@ def wrap_like_the_loop(model: nn.Module, stage: int, config_file: str | Path, ra
     return fsdp2_prepare_model(accelerator, model)
 
 
-def rehearse(model: nn.Module, stage: int, world_size: int, config_file: str | Path, rank: int = 0) -> Rehearsal:
+def rehearse(
+    model: nn.Module,
+    stage: int,
+    world_size: int,
+    config_file: str | Path | Mapping[str, Any] = LOOP_FSDP2_CONFIG,
+    rank: int = 0,
+) -> Rehearsal:
     """Wrap `model` (meta device) as `rank` of `world_size` under a fake process group and read the sharding."""
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
