@@ -20,13 +20,6 @@ from dataclasses import asdict, replace
 from .hardware import GIB, GPUS, USABLE_FRACTION
 from .plan import PRESETS, STRATEGIES, Plan, PlanError, PlanRequest, nearest_fit, plan_train
 
-# With gradient checkpointing the planner's peak is its least accurate figure: at the validation points of
-# benchmarks/bench_planner.py (2026-12-06, AMD EPYC, 2 cores) the measured peak was up to 1.27x the prediction
-# (SmolLM2-135M stage 4), but those points were measured under FlopCounterMode, which inflates checkpointed steps
-# (probe.count_flops); re-measured without it (2026-12-07, Intel Xeon) the largest was 1.028 (SmolLM2 stage 4), so
-# this margin is stale and is to be dropped with the README's paper-13b re-plan (issue 18).
-CHECKPOINTED_PEAK_MARGIN = 1.27
-
 
 def _size(value: float, unit: float) -> str:
     return f"{value / unit:.2f}"
@@ -54,11 +47,6 @@ def describe(plan: Plan) -> str:
         f"{verdict}: {plan.peak_bytes / GIB:.1f} GiB of {limit:.1f} usable ({USABLE_FRACTION:.0%} of "
         f"{plan.gpu.memory_gib} GiB)",
     ]
-    if plan.gradient_checkpointing:
-        lines.append(
-            f"checkpointed: measured peaks were up to {CHECKPOINTED_PEAK_MARGIN}x the planner's at its validation "
-            f"points; allow up to {_size(CHECKPOINTED_PEAK_MARGIN * plan.peak_bytes, unit)} {label}"
-        )
     lines += [
         f"model FLOPs per GPU per step {plan.model_flops:.3e} (hardware, with recomputation, "
         f"{plan.hardware_flops:.3e}); at MFU {r.mfu:.0%}: {plan.step_seconds:.2f} s per step, "
