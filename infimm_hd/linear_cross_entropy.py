@@ -36,6 +36,22 @@ def rows_per_chunk(vocab_size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     return max(1, chunk_bytes // (4 * vocab_size))
 
 
+def forward_peak_bytes(num_rows: int, vocab_size: int, hidden_size: int, element_size: int) -> int:
+    """The most bytes the loss's forward holds at once beyond its inputs and what it saves, for planners.
+
+    Two chunks of logits overlap: a chunk's buffers are still bound when the next chunk's matmul lands. Per logit,
+    float32 compute keeps one float32 buffer (the matmul's output is the softmax and its gradient, in place); a
+    16-bit compute dtype keeps the float32 copy and the 16-bit gradient (6 bytes), and the next chunk's 16-bit
+    matmul output before its float32 copy. The scored rows are gathered into an (N, H) copy, and the (N, H) gradient
+    it saves is allocated up front (counted here once more as the gathered rows' transient twin).
+    """
+    chunk = rows_per_chunk(vocab_size)
+    first = min(num_rows, chunk)
+    second = min(max(num_rows - chunk, 0), chunk)
+    per_logit = 4 if element_size == 4 else 4 + element_size
+    return per_logit * vocab_size * (first + second) + 2 * num_rows * hidden_size * element_size
+
+
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype `F.linear(hidden, weight)` would compute in here: autocast's when it is on, else the promoted one."""
     device_type = hidden.device.type

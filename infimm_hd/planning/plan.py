@@ -41,10 +41,11 @@ import functools
 import math
 from dataclasses import dataclass, field, replace
 
+from ..linear_cross_entropy import forward_peak_bytes
 from ..modeling import decoder_layers
 from ..presets import PRESETS, build_model
 from ..training.recipe import PAPER, SMALL, STAGES, Hyperparameters, StageSpec
-from ..training.trainable import TrainableSpec, apply_trainable, parameter_groups
+from ..training.trainable import TrainableSpec, apply_trainable
 from .hardware import USABLE_FRACTION, GpuSpec, gpu
 from .law_cache import cached_unit_laws
 from .probe import REPEATED, forward_order, step_high_water, unit_modules
@@ -117,8 +118,8 @@ class ModelFacts:
     trainable_params: int
     order: tuple[str, ...]  # unit kinds in forward order
     unit_counts: dict[str, int]
-    largest_unit_params: int  # the largest FSDP2 / ZeRO-3 gather (a decoder layer or a cross-attention block)
-    vision_params: int
+    largest_unit_params: int  # the largest ZeRO-3 gather (a decoder layer or a cross-attention block)
+    head_shape: tuple[int, int]  # the LM head's weight (V, H): the chunked loss's logits
 
 
 @functools.lru_cache(maxsize=32)
@@ -128,9 +129,6 @@ def model_facts(preset: str, trainable: TrainableSpec) -> ModelFacts:
     model, _ = build_model(preset, device="meta") if preset == "paper-13b" else build_model(preset)
     apply_trainable(model, trainable)
     params = dict(model.named_parameters())
-    groups: dict[str, int] = {}
-    for name, group in parameter_groups(model).items():
-        groups[group] = groups.get(group, 0) + params[name].numel()
     units = unit_modules(model, trainable)
     gathered = []
     for layer in decoder_layers(model.language_model):
@@ -144,7 +142,7 @@ def model_facts(preset: str, trainable: TrainableSpec) -> ModelFacts:
         order=tuple(forward_order(units)),
         unit_counts={k: sum(1 for v in units.values() if v == k) for k in REPEATED},
         largest_unit_params=max(sum(p.numel() for p in m.parameters()) for m in gathered),
-        vision_params=groups.get("vision_tower", 0),
+        head_shape=tuple(model.language_model.get_output_embeddings().weight.shape),
     )
 
 
@@ -289,8 +287,13 @@ def plan_train(request: PlanRequest) -> Plan:
         return UnitCosts(c.retained_bytes * scale, c.forward_work * scale, c.backward_work * scale, grads)
 
     head, stem = laws.head_work(text, crops) * scale, laws.stem_work(text, crops) * scale
-    dynamic = step_high_water(list(facts.order), cost, head, stem)
     activations = cost("rest").retained_bytes + sum(cost(k).retained_bytes * facts.unit_counts[k] for k in REPEATED)
+    # The end of forward: every activation alive and the chunked loss's logits on top. Not a probe law: the chunks
+    # saturate at `rows_per_chunk` rows, which a one-sample probe at 48-192 tokens never reaches, so the loss
+    # kernel's own account of its buffers is used (checked against a measurement in tests/test_linear_cross_entropy).
+    vocab, hidden = facts.head_shape
+    loss_chunks = float(forward_peak_bytes(micro * (text - 1), vocab, hidden, compute))
+    dynamic = max(step_high_water(list(facts.order), cost, head, stem), activations + loss_chunks)
     gradients = grad_total / grad_shard
     memory = {
         "parameters (fp32)": facts.total_params * 4.0 / shard,
@@ -307,9 +310,17 @@ def plan_train(request: PlanRequest) -> Plan:
         memory["gathered layers (current + prefetch)"] = 2.0 * layout.largest_resharded_params * compute
         memory["reduce-scatter of one unit (fp32)"] = copies * layout.largest_unit_trainable * 4.0
     memory["activations (micro-batch)"] = activations
-    memory["working memory (backward, loss chunk)"] = max(0.0, dynamic - activations - gradients)
+    # The step's high-water above the state is `dynamic`; activations and gradients are listed whole, but backward
+    # frees a unit's activations as it makes its gradients, so when they never all coexist the difference is a
+    # negative row (the peak stays the high-water, and the rows still add up to it).
+    working = dynamic - activations - gradients
+    if working >= 0:
+        memory["working memory (backward, loss chunk)"] = working
+    else:
+        memory["not alive at once (activations freed as gradients are made)"] = working
     if layout is not None and whole_until_the_end and grad_shard > 1:
         whole = step_high_water(list(facts.order), functools.partial(cost, root_whole=True), head, stem)
+        whole = max(whole, activations + loss_chunks)
         if whole > dynamic:
             memory["vision tower's gradients until the root's reduce-scatter"] = whole - dynamic
     if layout is not None:
@@ -326,7 +337,7 @@ def plan_train(request: PlanRequest) -> Plan:
         "activations of the cross-attention": sum(
             cost(k).retained_bytes * facts.unit_counts[k] for k in ("first_cross_attention", "cross_attention")
         ),
-        "logits / loss chunk": laws.head_work(text, crops) * scale,
+        "logits / loss chunk": max(head, loss_chunks),
     }
 
     def flops(of: UnitLaws) -> float:
