@@ -280,10 +280,11 @@ def plan_train(request: PlanRequest) -> Plan:
     # FSDP2 reduce-scatters the root unit (the vision tower's blocks) only when backward is done: whole until then.
     whole_until_the_end = ("vision_block", "vision_last") if layout and layout.root_holds_vision_tower else ()
 
-    def cost(kind: str, root_whole: bool = False) -> UnitCosts:
+    def cost(kind: str, root_whole: bool = False, accumulated: bool = False) -> UnitCosts:
         c = measured(kind)
         grads = rest_grads if kind == "rest" else per_kind_grads[kind]
         grads = grads if (root_whole and kind in whole_until_the_end) else grads / grad_shard
+        grads = 0.0 if accumulated else grads  # later micro-batches add into gradients that already exist
         return UnitCosts(c.retained_bytes * scale, c.forward_work * scale, c.backward_work * scale, grads)
 
     head, stem = laws.head_work(text, crops) * scale, laws.stem_work(text, crops) * scale
@@ -294,6 +295,9 @@ def plan_train(request: PlanRequest) -> Plan:
     vocab, hidden = facts.head_shape
     loss_chunks = float(forward_peak_bytes(micro * (text - 1), vocab, hidden, compute))
     dynamic = max(step_high_water(list(facts.order), cost, head, stem), activations + loss_chunks)
+    if accumulation > 1:  # every micro-batch after the first runs with the step's gradients already alive
+        later = step_high_water(list(facts.order), functools.partial(cost, accumulated=True), head, stem)
+        dynamic = max(dynamic, grad_total / grad_shard + max(later, activations + loss_chunks))
     gradients = grad_total / grad_shard
     memory = {
         "parameters (fp32)": facts.total_params * 4.0 / shard,
