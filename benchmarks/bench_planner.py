@@ -45,7 +45,8 @@ POINTS = [  # (preset, stage, checkpointing, micro-batch, text tokens, crops)
     ("smollm2-135m", 4, True, 2, 384, 5),
 ]
 QUICK = POINTS[:6]
-TWO_RANKS = [  # (stage, checkpointing, micro-batch, text tokens, crops); the first peaks at the root unit's reduce-scatter
+# (stage, checkpointing, micro-batch, text tokens, crops); the first peaks at the root unit's reduce-scatter
+TWO_RANKS = [
     (2, False, 1, 12, 1),
     (2, False, 2, 256, 1),
     (3, False, 2, 200, 5),
