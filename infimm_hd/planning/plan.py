@@ -293,12 +293,13 @@ def plan_train(request: PlanRequest) -> Plan:
     # saturate at `rows_per_chunk` rows, which a one-sample probe at 48-192 tokens never reaches, so the loss
     # kernel's own account of its buffers is used (checked against a measurement in tests/test_linear_cross_entropy).
     vocab, hidden = facts.head_shape
+    # every token but the first scored: an upper bound (a prompt's tokens are not scored in SFT)
     loss_chunks = float(forward_peak_bytes(micro * (text - 1), vocab, hidden, compute))
+    gradients = grad_total / grad_shard
     dynamic = max(step_high_water(list(facts.order), cost, head, stem), activations + loss_chunks)
     if accumulation > 1:  # every micro-batch after the first runs with the step's gradients already alive
         later = step_high_water(list(facts.order), functools.partial(cost, accumulated=True), head, stem)
-        dynamic = max(dynamic, grad_total / grad_shard + max(later, activations + loss_chunks))
-    gradients = grad_total / grad_shard
+        dynamic = max(dynamic, gradients + max(later, activations + loss_chunks))
     memory = {
         "parameters (fp32)": facts.total_params * 4.0 / shard,
         "gradients (fp32)": gradients,
