@@ -49,15 +49,10 @@ class LiveTensorMemory(TorchDispatchMode):
 
     def _track_storage(self, storage: torch.UntypedStorage) -> None:
         key = id(storage)
-        size = storage.nbytes()
-        if key in self._live:
-            self._resize(key, size)
-            return
-        self._live[key] = size
-        self._refs[key] = weakref.ref(storage, lambda _, key=key: self._free(key))
-        self.live_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        self.window_peak = max(self.window_peak, self.live_bytes)
+        if key not in self._live:  # a new storage: counted from zero bytes up to its size
+            self._live[key] = 0
+            self._refs[key] = weakref.ref(storage, lambda _, key=key: self._free(key))
+        self._resize(key, storage.nbytes())
 
     def _resize(self, key: int, size: int) -> None:
         self.live_bytes += size - self._live[key]
